@@ -1,0 +1,167 @@
+"""Activation bytes per token: what autograd saves in each block, tensor by tensor, as transformers runs it.
+
+Each term names a tensor that autograd keeps for backward (SDPA, eager attention, training) or that is
+alive at once in a no-grad forward (inference). The rules come from reading transformers' modeling code
+and PyTorch's derivative formulas (mul saves only the operand whose partner needs a gradient; `.to()`,
+`view`, `transpose`, `cat` and residual adds save nothing), and are checked by `sharder verify`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sharder.model_spec import ModelSpec
+
+FP32 = 4
+LOSS_SCALARS = 8
+"""nll_loss (mean) keeps the loss and its total weight, one fp32 scalar each."""
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """Per-rank sizes of one decoder layer under tensor parallelism (t) and sequence parallelism."""
+
+    h: int
+    q: int
+    kv: int
+    heads: int
+    f: int
+    t: int
+    sp: bool
+
+
+def layer_shape(m: ModelSpec, tp: int, sp: bool) -> Shape:
+    return Shape(h=m.hidden_size, q=m.q_size // tp, kv=m.kv_size // tp, heads=m.num_heads // tp,
+                 f=m.intermediate_size // tp, t=tp, sp=sp)
+
+
+def rmsnorm_saved(h: float, c: int, output_saved: bool = True) -> float:
+    """Llama-style RMSNorm: x.to(fp32) (the input itself in fp32, else a copy) saved by pow and mul,
+    rsqrt (1 fp32), the normalized product cast back (saved by `weight *`), and the output when a
+    Linear consumes it. The residual stream is kept only through this fp32 input."""
+    return FP32 * h + FP32 + c * h + (c * h if output_saved else 0)
+
+
+def gemma_rmsnorm_saved(h: float, c: int, output_saved: bool) -> float:
+    """Gemma's RMSNorm: fp32 input, rsqrt, the fp32 normalized tensor (saved by `* (1 + w)`),
+    and the output cast back with type_as when a Linear consumes it."""
+    return FP32 * h + FP32 + FP32 * h + (c * h if output_saved else 0)
+
+
+def layernorm_saved(h: float, c: int, output_saved: bool = True) -> float:
+    """nn.LayerNorm: mean and rstd (input dtype, one each); its input is counted by the caller."""
+    return 2 * c + (c * h if output_saved else 0)
+
+
+def decoder_layer_saved_per_token(m: ModelSpec, c: int, tp: int = 1, sp: bool = False,
+                                  attention: str = "sdpa", seq: int = 0, lora_rank: int = 0,
+                                  lora_targets: tuple[str, ...] = ()) -> float:
+    """Bytes autograd keeps per token for one decoder layer in training (no checkpointing).
+
+    `seq` matters only for eager attention (its scores are seq × seq per head).
+    """
+    s = layer_shape(m, tp, sp)
+    split = s.t if sp else 1  # with SP the residual stream and norms hold 1/t of the tokens
+    h_norm = s.h / split
+    gathered = c * s.h if sp else 0  # SP: the all-gathered norm output, saved by the column Linears
+    total = 0.0
+    if m.model_type == "gemma2":
+        total += 2 * gemma_rmsnorm_saved(h_norm, c, output_saved=not sp) + 2 * gathered
+        total += 2 * gemma_rmsnorm_saved(h_norm, c, output_saved=False)  # post-attention, post-feedforward
+    elif m.norm_with_bias:  # GPT-NeoX / Falcon: parallel residual, both LayerNorms read the same input
+        total += c * h_norm + 2 * layernorm_saved(h_norm, c, output_saved=not sp) + 2 * gathered
+    else:
+        total += 2 * rmsnorm_saved(h_norm, c, output_saved=not sp) + 2 * gathered
+    total += _attention_saved(m, s, c, attention, seq)
+    if m.is_moe:
+        k = m.experts_per_token
+        total += c * m.num_experts + FP32 * m.num_experts  # router logits, fp32 softmax
+        total += k * (c * s.h + 4 * c * s.f + c * s.h)     # gathered input, gate_up/act/product, weighted output
+    elif m.mlp_gated:
+        total += 4 * c * s.f  # gate (or fused gate_up: 2f), act(gate), up, act*up
+    else:
+        total += 2 * c * s.f  # up (saved by GELU), GELU output (saved by down)
+    total += c * lora_rank * len(lora_targets)  # each adapted Linear's A output, saved by B
+    return total
+
+
+def _attention_saved(m: ModelSpec, s: Shape, c: int, attention: str, seq: int) -> float:
+    """q/k after rotary are new tensors; v is the projection output (the whole fused qkv when fused)."""
+    if m.fused_qkv:
+        qkv = c * (s.q + 2 * s.kv) + c * (s.q + s.kv)
+    else:
+        qkv = c * (s.q + 2 * s.kv)
+    if attention == "eager" or m.model_type == "gemma2":
+        # eager: K and V repeated to every query head, scores (n × seq per token), softmax in fp32
+        # then cast back, and the output transposed into a copy for o_proj
+        rep = c * 2 * (s.q - s.kv) if s.q != s.kv else 0
+        scores = s.heads * seq
+        softcap = c * scores if getattr(m, "hf_config", {}).get("attn_logit_softcapping") or \
+            m.model_type == "gemma2" else 0
+        if m.model_type == "gemma2" and not m.hf_config.get("attn_logit_softcapping", 50.0):
+            softcap = 0
+        return qkv + rep + softcap + FP32 * scores + c * scores + c * s.q
+    out = c * s.q + FP32 * s.heads  # SDPA output and log-sum-exp
+    if m.model_type in ("gpt_neox", "falcon"):
+        out += c * s.q  # the output is (B, n, S, d)-contiguous here, so o_proj's input is a copy
+    return qkv + out
+
+
+def layer_input_per_token(m: ModelSpec, c: int, tp: int = 1, sp: bool = False) -> float:
+    """What a checkpointed layer keeps: its input hidden states."""
+    return c * m.hidden_size / (tp if sp else 1)
+
+
+def mlp_backward_transient_per_token(m: ModelSpec, c: int, tp: int = 1) -> float:
+    """Gradients alive at once in the MLP's backward, beyond the saved tensors: the residual's
+    gradient (h), and at the gated product's backward its incoming gradient and the two it makes
+    (3f) while the product's own saved output (f) is already freed."""
+    s = layer_shape(m, tp, False)
+    k = m.experts_per_token if m.is_moe else 1
+    if m.mlp_gated:
+        return c * (s.h + 2 * k * s.f)
+    return c * (s.h + s.f)
+
+
+def head_saved_per_token(m: ModelSpec, c: int, vocab_local: int, sp: bool = False, tp: int = 1) -> float:
+    """The final norm, the head's input and the fp32 log-softmax the loss keeps."""
+    h_local = m.hidden_size / (tp if sp else 1)
+    gathered = c * m.hidden_size if sp else 0
+    if m.model_type == "gemma2":
+        total = gemma_rmsnorm_saved(h_local, c, output_saved=not sp) + gathered
+    elif m.norm_with_bias:
+        total = c * h_local + layernorm_saved(h_local, c, output_saved=not sp) + gathered
+    else:
+        total = rmsnorm_saved(h_local, c, output_saved=not sp) + gathered
+    if m.final_logit_softcapping:
+        total += c * vocab_local  # tanh output
+    total += FP32 * vocab_local  # log_softmax output (fp32)
+    return total
+
+
+def norm_constant_bytes(m: ModelSpec, num_layers: int, has_final_norm: bool) -> int:
+    """Gemma's `(1 + weight).float()` is a new fp32 tensor per norm, saved by the multiply."""
+    if m.model_type != "gemma2":
+        return 0
+    return FP32 * m.hidden_size * (m.norms_per_layer * num_layers + (1 if has_final_norm else 0))
+
+
+def loss_backward_temporaries_per_token(vocab_local: int) -> float:
+    """nll_loss backward's gradient and log_softmax backward's result, both fp32, alive together."""
+    return 2 * FP32 * vocab_local
+
+
+def rotary_bytes(m: ModelSpec, seq: int, c: int) -> int:
+    """cos and sin for one forward, (1, seq, head_dim) in the compute dtype, shared by every layer."""
+    return 2 * seq * (m.rotary_dim or m.head_dim) * c
+
+
+def inference_transient_per_token(m: ModelSpec, c: int, tp: int = 1) -> float:
+    """Peak no-grad working set of one decoder layer per token (prefill): the MLP's act, up and product
+    alive together, next to the hidden state and the residual."""
+    s = layer_shape(m, tp, False)
+    mlp = (3 if m.mlp_gated else 2) * c * s.f
+    if m.is_moe:
+        mlp = m.experts_per_token * mlp
+    attention = c * (2 * s.q + 2 * s.kv)
+    return 2 * c * s.h + max(mlp, attention)

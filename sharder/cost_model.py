@@ -1,0 +1,353 @@
+"""The cost model: (model, workload, parallel config, pool) -> per-rank memory at the worst moment of a step.
+
+Pure arithmetic over plain data. Strategies are applied in one written-down order:
+  1. tensor parallel (local shapes)      2. expert parallel (local experts)
+  3. pipeline (which blocks, in-flight)  4. quantization / LoRA (stored bytes, trainable set)
+  5. activation checkpointing            6. FSDP / ZeRO / DDP (sharding, buffers)
+  7. offload (what leaves the device)    8. KV cache (inference)
+then the step's moments (loss backward, start and end of the layer backward, optimizer step; or
+prefill and decode) are evaluated and the largest is the peak, its categories the breakdown.
+"""
+
+from __future__ import annotations
+
+from sharder import activations as act
+from sharder.breakdown import RankEstimate, empty_breakdown
+from sharder.device_overhead import allocated_and_reserved
+from sharder.errors import SharderInputError
+from sharder.hardware import ClusterSpec
+from sharder.model_spec import ModelSpec
+from sharder.parallel import ParallelConfig
+from sharder.rank_tensors import edge_local_tensors, layer_local_tensors, stored_bytes
+from sharder.workload import Workload
+from sharder.strategies import (activation_checkpointing, data_parallel, deepspeed_zero, expert, fsdp,
+                                kv_cache, offload, pipeline, tensor_parallel, zero_redundancy)
+from sharder.strategies.registry import verified_map
+
+
+def validate(model: ModelSpec, workload: Workload, par: ParallelConfig, cluster: ClusterSpec | None) -> None:
+    """Every degree checked once, with every factor named."""
+    if cluster is not None and par.world_size != cluster.num_devices:
+        raise SharderInputError(
+            f"degrees multiply to {par.world_size} (pp {par.pp} × dp {par.dp} × tp {par.tp}) but the pool "
+            f"has {cluster.num_devices} devices; make pp × dp × tp = {cluster.num_devices}")
+    tensor_parallel.validate(model, par.tp)
+    if cluster is not None and par.tp > cluster.gpus_per_node:
+        raise SharderInputError(
+            f"--tp {par.tp} spans nodes: the largest node has {cluster.gpus_per_node} GPUs; keep TP inside a node")
+    expert.validate(model.num_experts, par.ep, par.dp * par.tp)
+    if par.pp > 1:
+        if workload.training:
+            pipeline.validate(par.schedule, workload.micro_batches, par.pp, model.num_layers)
+        par.stage_layers(model.num_layers)
+    if par.framework == "deepspeed" and not workload.training:
+        raise SharderInputError("--framework deepspeed models training; use --framework torch for inference")
+    if workload.adapters and par.zero == 1:
+        raise SharderInputError("LoRA with --zero 1 is not modelled; use --zero 0 or --zero 3")
+    if not workload.training and par.zero not in (0, 3):
+        raise SharderInputError("inference uses --zero 0 (replicated) or --zero 3; --zero 1/2 shard training state")
+
+
+def estimate(model: ModelSpec, workload: Workload, par: ParallelConfig, cluster: ClusterSpec,
+             headroom: float = 0.05) -> list[RankEstimate]:
+    """Predicted memory of every rank. Ranks with identical coordinates-classes are computed once."""
+    validate(model, workload, par, cluster)
+    devices = cluster.devices
+    stages = par.stage_layers(model.num_layers)
+    cache: dict[tuple, tuple] = {}
+    out = []
+    for rank in range(par.world_size):
+        pp_i, dp_i, tp_i = par.coords(rank)
+        dev = devices[rank]
+        key = (pp_i, _dp_class(dp_i, par), tp_i, dev.gpu.name)
+        if key not in cache:
+            cache[key] = _rank_memory(model, workload, par, pp_i, dp_i, tp_i, stages[pp_i], cluster, dev.gpu)
+        breakdown, phase, host, notes = cache[key]
+        tensor = sum(breakdown.values())
+        allocated, reserved = allocated_and_reserved(tensor, dev.gpu, par.world_size, breakdown)
+        fits = reserved <= dev.capacity_bytes * (1 - headroom)
+        out.append(RankEstimate(
+            rank=rank, gpu=dev.gpu.name, node=dev.node, layers=stages[pp_i], capacity_bytes=dev.capacity_bytes,
+            breakdown=dict(breakdown), peak_tensor_bytes=tensor, peak_allocated_bytes=allocated,
+            peak_reserved_bytes=reserved, fits=fits, verified=verified_map(workload, par, model, dev.gpu),
+            peak_phase=phase, host_bytes=host, coords=(pp_i, dp_i, tp_i), notes=list(notes)))
+    return out
+
+
+def _dp_class(dp_i: int, par: ParallelConfig) -> int:
+    """Ranks whose shards are full-size share one answer; only the tail of dim-0 chunking differs."""
+    shard = par.dp_shard
+    if shard <= 1:
+        return 0
+    within = dp_i % shard
+    return within if within >= shard - 2 else -1
+
+
+def _rank_memory(model, workload, par, pp_i, dp_i, tp_i, layer_range, cluster, gpu):
+    if not workload.training:
+        return _inference_memory(model, workload, par, pp_i, tp_i, layer_range)
+    return _training_memory(model, workload, par, pp_i, dp_i, tp_i, layer_range)
+
+
+# ----------------------------------------------------------------------------------------------- training
+def _training_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: int, dp_i: int, tp_i: int,
+                     layer_range: tuple[int, int]):
+    first, last = pp_i == 0, pp_i == par.pp - 1
+    n_layers = layer_range[1] - layer_range[0]
+    c = w.compute_bytes
+    pbytes = w.param_bytes
+    fsdp_on = par.framework == "torch" and par.zero >= 2
+    shard = par.dp_shard if par.zero >= 1 else 1
+    shard_index = dp_i % shard if shard > 1 else 0
+    mixed_fsdp = fsdp_on and w.precision == "bf16-mixed"
+    unshard_bytes = 2 if (mixed_fsdp or w.precision == "bf16-true") else 4
+
+    layer = layer_local_tensors(model, w, par, tp_i)
+    edges = edge_local_tensors(model, w, par, tp_i, first, last)
+    notes: list[str] = []
+
+    # ---- 6. sharding of parameters, gradients and optimizer states
+    def param_store(t) -> int:
+        n = fsdp.padded_shard_numel(t.shape, shard) if (fsdp_on or par.framework == "deepspeed" and par.zero == 3) else t.numel
+        return stored_bytes(t, n, w)
+
+    def owned_numel(t) -> int:
+        if fsdp_on:
+            return fsdp.local_shard_numel(t.shape, shard, shard_index)
+        return t.numel
+
+    state_mult = 2 if w.optimizer == "adamw" else 1
+    step_scalar = 4 if w.optimizer == "adamw" else 0
+
+    layer_params = sum(param_store(t) for t in layer)
+    edge_params = sum(param_store(t) for t in edges)
+    params = n_layers * layer_params + edge_params
+
+    trainable_layer = [t for t in layer if t.trainable]
+    trainable_edges = [t for t in edges if t.trainable]
+    edge_first = [t for t in trainable_edges if t.block == "embedding"]
+    edge_last = [t for t in trainable_edges if t.block != "embedding"]
+    all_trainable = edge_first + trainable_layer * n_layers + edge_last  # model.parameters() order
+
+    if par.framework == "torch" and par.zero == 1 and shard > 1:
+        numels = [t.numel for t in all_trainable]
+        mine = zero_redundancy.partition_params(numels, shard)[shard_index]
+        optimizer = sum(state_mult * numels[i] * pbytes + step_scalar for i in mine)
+    else:
+        optimizer = sum(state_mult * owned_numel(t) * pbytes + step_scalar for t in all_trainable)
+
+    grad_bytes = 4 if mixed_fsdp else pbytes
+    if fsdp_on:
+        grad_layer = sum(fsdp.padded_shard_numel(t.shape, shard) for t in trainable_layer) * grad_bytes
+        grad_edges = sum(fsdp.padded_shard_numel(t.shape, shard) for t in trainable_edges) * grad_bytes
+    else:
+        grad_layer = sum(t.numel for t in trainable_layer) * grad_bytes
+        grad_edges = sum(_grad_numel(t, par) for t in trainable_edges) * grad_bytes
+    grads = n_layers * grad_layer + grad_edges
+    buffers = model.rotary_buffer_bytes()  # inv_freq and original_inv_freq
+
+    comm_persistent = 0
+    if par.framework == "torch" and par.zero <= 1 and par.dp > 1:
+        comm_persistent += data_parallel.ddp_bucket_bytes(grads, par.dp)
+
+    if par.framework == "deepspeed":
+        states = deepspeed_zero.model_state_bytes(sum(t.numel for t in all_trainable) + 0, par.dp, par.zero,
+                                                  par.offload, w.precision != "32-true")
+        params, grads, optimizer = states["parameters"], states["gradients"], states["optimizer_states"]
+        grad_layer = grads // max(1, n_layers + 1)
+        comm_persistent += deepspeed_zero.buffer_bytes(sum(t.numel for t in all_trainable), par.zero,
+                                                       sum(t.numel for t in layer), w.precision != "32-true")
+        notes.append("DeepSpeed buffers are modelled from its defaults (unverified)")
+
+    # ---- 7. offload
+    host = 0
+    moved = offload.moves_to_host(par.framework, par.offload)
+    if par.framework == "torch" and par.offload == "all":
+        host = params + optimizer + grads
+        params, optimizer, grads, grad_layer = 0, 0, 0, 0
+    elif par.framework == "deepspeed" and par.offload != "none":
+        host = optimizer if moved["optimizer_states"] else 0
+
+    # ---- FSDP unsharded parameters and communication buffers (compute dtype)
+    layer_unsharded = sum(t.numel for t in layer) * unshard_bytes
+    edge_unsharded = sum(t.numel for t in edges) * unshard_bytes
+    layer_ag = fsdp.all_gather_buffer_bytes([t.shape for t in layer], shard, unshard_bytes) if fsdp_on else 0
+    layer_grad_unsharded = sum(t.numel for t in trainable_layer) * unshard_bytes
+    layer_rs = sum(fsdp.padded_shard_numel(t.shape, shard) for t in trainable_layer) * shard * grad_bytes
+
+    # ---- 3 + 5. activations per micro-batch
+    mbs = w.micro_batch_size
+    tokens = mbs * w.seq
+    vocab_local = _vocab_local(model, par)
+    lora_targets = w.lora_targets if w.adapters else ()
+    full_layer = act.decoder_layer_saved_per_token(model, c, par.tp, par.sp, w.attention, w.seq,
+                                                   w.lora_rank if w.adapters else 0, lora_targets) * tokens
+    layer_input = act.layer_input_per_token(model, c, par.tp, par.sp) * tokens
+    saved_layer = activation_checkpointing.saved_per_layer(int(full_layer), int(layer_input), w.ac)
+    recompute = activation_checkpointing.recompute_extra(int(full_layer), int(layer_input), w.ac)
+    head_saved = (int(act.head_saved_per_token(model, c, vocab_local, par.sp, par.tp) * tokens)
+                  + act.LOSS_SCALARS) if last else 0
+    rotary = act.rotary_bytes(model, w.seq, c)
+    acts_mb = n_layers * saved_layer + head_saved + rotary + act.norm_constant_bytes(model, n_layers, last)
+    loss_temp = int(act.loss_backward_temporaries_per_token(vocab_local) * tokens) if last else 0
+
+    if par.pp > 1:
+        inflight = pipeline.in_flight_micro_batches(par.schedule, w.micro_batches, par.pp, pp_i)
+        recv = pipeline.receive_buffer_bytes(pp_i, par.pp, w.micro_batches, tokens, model.hidden_size, c)
+        kept_outputs = w.micro_batches * tokens * vocab_local * c if last else 0
+        comm_persistent += recv
+        grads_during = grads if w.micro_batches > inflight else 0
+        acc_steps_grads = grads_during
+        act_peak = inflight * acts_mb
+    else:
+        acc_steps_grads = grads if w.micro_batches > 1 else 0
+        act_peak = acts_mb
+        kept_outputs = 0
+
+    # ---- FSDP2: what is unsharded when (the root is not resharded between forward and backward)
+    sharded_fsdp = fsdp_on and shard > 1
+    root_unsharded = edge_unsharded if sharded_fsdp else 0
+    all_layers_unsharded = n_layers * layer_unsharded if (sharded_fsdp and par.zero == 2) else 0
+
+    base = {"parameters": params, "optimizer_states": optimizer, "other": buffers + _input_bytes(w, first)}
+    head_grads = sum(_grad_numel(t, par) for t in trainable_edges if t.block in ("head", "norm"))
+    embed_grads = sum(_grad_numel(t, par) for t in trainable_edges if t.block == "embedding")
+    dw_down = max((t.numel for t in trainable_layer if "down" in t.name), default=0)
+    if fsdp_on:  # unsharded gradients live in the compute dtype until reduce-scatter
+        head_grads, embed_grads, dw_down = (x * unshard_bytes for x in (head_grads, embed_grads, dw_down))
+    else:
+        head_grads, embed_grads, dw_down = (x * grad_bytes for x in (head_grads, embed_grads, dw_down))
+    mlp_transient = int(act.mlp_backward_transient_per_token(model, c, par.tp) * tokens)
+    acts_no_head = act_peak - (head_saved if last else 0)
+    loss_scalar = act.LOSS_SCALARS if last else 0
+    hidden_grad = tokens * model.hidden_size * c
+
+    moments: list = []
+
+    def moment(name, **cats):
+        m = empty_breakdown() | base
+        for k, v in cats.items():
+            m[k] += int(v)
+        moments.append((name, m))
+
+    # the loss forward: logits (and their fp32 copy) next to the saved log-softmax and the shifted labels
+    if last:
+        logits = tokens * vocab_local * (c + (4 if c != 4 else 0))
+        labels = (mbs * (w.seq + 1) + tokens) * 8
+        moment("loss forward", gradients=acc_steps_grads, activations=act_peak + kept_outputs + logits + labels,
+               comm_buffers=comm_persistent + root_unsharded + all_layers_unsharded
+               + (layer_ag if sharded_fsdp and par.zero == 2 else 0))
+    # the loss backward: every activation saved, logits-sized fp32 gradients; FSDP has already
+    # prefetched the last layer's all-gather for the backward
+    moment("loss backward", gradients=acc_steps_grads, activations=act_peak + kept_outputs,
+           temporaries=loss_temp, comm_buffers=comm_persistent + root_unsharded + all_layers_unsharded
+           + (layer_ag if sharded_fsdp and par.zero == 3 else 0))
+    if n_layers and not sharded_fsdp:
+        # the last layer's MLP backward: activations still saved, head gradients made
+        moment("backward (last layer)",
+               gradients=max(acc_steps_grads, head_grads if last else 0) + dw_down,
+               activations=acts_no_head + loss_scalar + kept_outputs,
+               temporaries=recompute + mlp_transient, comm_buffers=comm_persistent)
+        # the first layer's MLP backward: every other gradient made
+        done = (n_layers - 1) * grad_layer + (head_grads if last else 0)
+        moment("backward (first layer)",
+               gradients=max(acc_steps_grads, done) + dw_down,
+               activations=(act_peak - acts_mb) + saved_layer + rotary + loss_scalar,
+               temporaries=recompute + mlp_transient, comm_buffers=comm_persistent)
+    elif n_layers:
+        # FSDP2 post-backward of the last layer: its unsharded parameters, the next layer's
+        # all-gather, the reduce-scatter input and output, the root's unsharded gradients
+        moment("backward (last layer reduce-scatter)",
+               gradients=grad_layer + (head_grads if last else 0),
+               activations=acts_no_head - saved_layer + loss_scalar + kept_outputs,
+               temporaries=hidden_grad,
+               comm_buffers=comm_persistent + root_unsharded + all_layers_unsharded
+               + (0 if par.zero == 2 else layer_unsharded) + (layer_ag if n_layers > 1 and par.zero == 3 else 0)
+               + layer_rs)
+        moment("backward (first layer reduce-scatter)",
+               gradients=n_layers * grad_layer + (head_grads if last else 0),
+               activations=loss_scalar + kept_outputs, temporaries=hidden_grad,
+               comm_buffers=comm_persistent + root_unsharded + layer_unsharded + layer_rs)
+    # the end of the backward: the embedding's gradient made while the input's gradient is alive
+    if first and not sharded_fsdp:
+        moment("backward (embedding)", gradients=grads - (grad_edges if fsdp_on else embed_grads),
+               temporaries=embed_grads + tokens * model.hidden_size * c, activations=loss_scalar,
+               comm_buffers=comm_persistent)
+    # the optimizer step: non-foreach AdamW keeps two temporaries of the current tensor and the
+    # previous tensor's denominator
+    sizes = [(_grad_numel(t, par) if not fsdp_on else owned_numel(t)) for t in all_trainable]
+    if w.optimizer == "adamw" and sizes:
+        step_temp = max(2 * n + (sizes[i - 1] if i else 0) for i, n in enumerate(sizes)) * pbytes
+    else:
+        step_temp = 0
+    moment("optimizer step", gradients=grads, temporaries=step_temp, comm_buffers=comm_persistent,
+           activations=kept_outputs + (4 if last else 0))
+    phase, peak = max(moments, key=lambda pm: sum(pm[1].values()))
+    if fsdp_on and shard == 1:
+        notes.append("FSDP over one rank shards nothing")
+    return {k: int(v) for k, v in peak.items()}, phase, host, tuple(notes)
+
+
+def _input_bytes(w: Workload, first: bool) -> int:
+    """The int64 input ids of one step on the first stage (labels are the same tensor)."""
+    return w.batch * w.seq * 8 if first else 0
+
+
+def _grad_numel(t, par: ParallelConfig) -> int:
+    """Megatron TP returns the vocabulary-split embedding's gradient at full size (DESIGN §4)."""
+    if t.block == "embedding" and par.tp > 1 and par.tp_layout == "megatron":
+        n = 1
+        for d in t.full_shape:
+            n *= d
+        return n
+    return t.numel
+
+
+def _grad_numel_edges(edges, par) -> int:
+    return sum(_grad_numel(t, par) for t in edges if t.block == "head")
+
+
+def _vocab_local(model: ModelSpec, par: ParallelConfig) -> int:
+    if par.tp > 1 and par.tp_layout == "megatron":
+        return -(-model.vocab_size // par.tp)
+    return model.vocab_size
+
+
+# ---------------------------------------------------------------------------------------------- inference
+def _inference_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: int, tp_i: int,
+                      layer_range: tuple[int, int]):
+    first, last = pp_i == 0, pp_i == par.pp - 1
+    n_layers = layer_range[1] - layer_range[0]
+    c = w.compute_bytes
+    layer = layer_local_tensors(model, w, par, tp_i)
+    edges = edge_local_tensors(model, w, par, tp_i, first, last)
+    shard = par.dp if par.zero == 3 else 1
+    params = 0
+    for t in layer:
+        n = fsdp.padded_shard_numel(t.shape, shard) if shard > 1 else t.numel
+        params += n_layers * (stored_bytes(t, n, w) if t.quantized else n * c)
+    for t in edges:
+        n = fsdp.padded_shard_numel(t.shape, shard) if shard > 1 else t.numel
+        params += n * c
+    buffers = model.rotary_buffer_bytes()
+    cache = kv_cache.kv_cache_bytes(model, range(*layer_range), w.batch, w.context, w.kv_bytes, par.tp)
+    tokens = w.batch * w.seq
+    per_layer = act.inference_transient_per_token(model, c, par.tp) * tokens
+    # StaticCache with SDPA builds a (batch, 1, seq, context) bool mask, and with a mask transformers
+    # repeats K/V to every query head over the whole cache length.
+    mask = w.batch * w.seq * w.context
+    heads = model.num_heads // par.tp
+    repeat = 0
+    if model.num_heads != model.num_kv_heads:
+        repeat = 2 * w.batch * heads * w.context * model.head_dim * c
+    logits = w.batch * _vocab_local(model, par) * (c + 4) if last else 0
+    comm = 0
+    if par.pp > 1:
+        comm = pipeline.receive_buffer_bytes(pp_i, par.pp, 1, tokens, model.hidden_size, c) // 2
+    if shard > 1:
+        comm += sum(t.numel for t in layer) * c + sum(t.numel for t in edges) * c
+    bd = empty_breakdown()
+    bd.update(parameters=params, other=buffers, kv_cache=cache,
+              activations=int(per_layer) + act.rotary_bytes(model, w.seq, c),
+              temporaries=int(mask + repeat + logits), comm_buffers=comm)
+    return bd, "prefill", 0, ()

@@ -83,6 +83,12 @@ def _dp_class(dp_i: int, par: ParallelConfig) -> int:
     return within if within >= shard - 2 else -1
 
 
+def rank_memory(model: ModelSpec, workload: Workload, par: ParallelConfig, pp_i: int, dp_i: int, tp_i: int,
+                layer_range: tuple[int, int]) -> tuple[dict[str, int], str, int, tuple[str, ...]]:
+    """(breakdown at the peak, peak phase, host bytes, notes) of one rank holding `layer_range`."""
+    return _rank_memory(model, workload, par, pp_i, dp_i, tp_i, layer_range, None, None)
+
+
 def _rank_memory(model, workload, par, pp_i, dp_i, tp_i, layer_range, cluster, gpu):
     if not workload.training:
         return _inference_memory(model, workload, par, pp_i, tp_i, layer_range)

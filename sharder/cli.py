@@ -156,8 +156,8 @@ def _workload(args, model):
     quant = args.quant
     if args.mode == "qlora" and quant == "none":
         quant = "nf4"
-    w = Workload(mode=args.mode, batch=args.batch or 1, seq=seq, max_new_tokens=new,
-                 micro_batches=args.micro_batches or 1, precision=precision, quant=quant,
+    w = Workload(mode=args.mode, batch=1 if args.batch is None else args.batch, seq=seq, max_new_tokens=new,
+                 micro_batches=1 if args.micro_batches is None else args.micro_batches, precision=precision, quant=quant,
                  optimizer=args.optimizer, lora_rank=args.lora_rank, lora_targets=targets,
                  ac=args.ac or "none", kv_dtype=args.kv_dtype, attention=args.attention)
     if model.model_type == "gemma2" and w.attention == "sdpa":
@@ -472,7 +472,6 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     console = Console(width=None if sys.stdout.isatty() else 160)
-    err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
     try:
         args = build_parser().parse_args(argv)
         if not args.command:
@@ -480,13 +479,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return COMMANDS[args.command](args, console)
     except SharderInputError as exc:
-        err.print(f"sharder: error: {exc}", markup=False, highlight=False)
+        print(f"sharder: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except DoesNotFitError as exc:
-        err.print(f"sharder: {exc}", markup=False, highlight=False)
+        print(f"sharder: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        err.print("sharder: interrupted")
+        print("sharder: interrupted", file=sys.stderr)
         return 130
 
 

@@ -215,7 +215,9 @@ def _training_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: i
     root_unsharded = edge_unsharded if sharded_fsdp else 0
     all_layers_unsharded = n_layers * layer_unsharded if (sharded_fsdp and par.zero == 2) else 0
 
-    base = {"parameters": params, "optimizer_states": optimizer, "other": buffers + _input_bytes(w, first)}
+    # the step's input ids (labels are the same tensor) count with the activations, as the trackers do
+    base = {"parameters": params, "optimizer_states": optimizer, "other": buffers,
+            "activations": _input_bytes(w, first)}
     head_grads = sum(_grad_numel(t, par) for t in trainable_edges if t.block in ("head", "norm"))
     embed_grads = sum(_grad_numel(t, par) for t in trainable_edges if t.block == "embedding")
     dw_down = max((t.numel for t in trainable_layer if "down" in t.name), default=0)

@@ -61,17 +61,16 @@ def decoder_layer_saved_per_token(m: ModelSpec, c: int, tp: int = 1, sp: bool = 
     `seq` matters only for eager attention (its scores are seq × seq per head).
     """
     s = layer_shape(m, tp, sp)
-    split = s.t if sp else 1  # with SP the residual stream and norms hold 1/t of the tokens
-    h_norm = s.h / split
-    gathered = c * s.h if sp else 0  # SP: the all-gathered norm output, saved by the column Linears
+    split = s.t if sp else 1  # with SP the norms see 1/t of the tokens; their outputs are all-gathered
+    gathered = c * s.h if sp else 0  # the all-gathered norm output, saved by the column Linears
     total = 0.0
     if m.model_type == "gemma2":
-        total += 2 * gemma_rmsnorm_saved(h_norm, c, output_saved=not sp) + 2 * gathered
-        total += 2 * gemma_rmsnorm_saved(h_norm, c, output_saved=False)  # post-attention, post-feedforward
+        total += 2 * (gemma_rmsnorm_saved(s.h, c, output_saved=not sp) / split + gathered)
+        total += 2 * gemma_rmsnorm_saved(s.h, c, output_saved=False) / split  # post-attention, post-FFN
     elif m.norm_with_bias:  # GPT-NeoX / Falcon: parallel residual, both LayerNorms read the same input
-        total += c * h_norm + 2 * layernorm_saved(h_norm, c, output_saved=not sp) + 2 * gathered
+        total += (c * s.h + 2 * layernorm_saved(s.h, c, output_saved=not sp)) / split + 2 * gathered
     else:
-        total += 2 * rmsnorm_saved(h_norm, c, output_saved=not sp) + 2 * gathered
+        total += 2 * (rmsnorm_saved(s.h, c, output_saved=not sp) / split + gathered)
     total += _attention_saved(m, s, c, attention, seq)
     if m.is_moe:
         k = m.experts_per_token
@@ -125,14 +124,14 @@ def mlp_backward_transient_per_token(m: ModelSpec, c: int, tp: int = 1) -> float
 
 def head_saved_per_token(m: ModelSpec, c: int, vocab_local: int, sp: bool = False, tp: int = 1) -> float:
     """The final norm, the head's input and the fp32 log-softmax the loss keeps."""
-    h_local = m.hidden_size / (tp if sp else 1)
-    gathered = c * m.hidden_size if sp else 0
+    h, split = m.hidden_size, (tp if sp else 1)
+    gathered = c * h if sp else 0
     if m.model_type == "gemma2":
-        total = gemma_rmsnorm_saved(h_local, c, output_saved=not sp) + gathered
+        total = gemma_rmsnorm_saved(h, c, output_saved=not sp) / split + gathered
     elif m.norm_with_bias:
-        total = c * h_local + layernorm_saved(h_local, c, output_saved=not sp) + gathered
+        total = (c * h + layernorm_saved(h, c, output_saved=not sp)) / split + gathered
     else:
-        total = rmsnorm_saved(h_local, c, output_saved=not sp) + gathered
+        total = rmsnorm_saved(h, c, output_saved=not sp) / split + gathered
     if m.final_logit_softcapping:
         total += c * vocab_local  # tanh output
     total += FP32 * vocab_local  # log_softmax output (fp32)
@@ -146,9 +145,20 @@ def norm_constant_bytes(m: ModelSpec, num_layers: int, has_final_norm: bool) -> 
     return FP32 * m.hidden_size * (m.norms_per_layer * num_layers + (1 if has_final_norm else 0))
 
 
-def loss_backward_temporaries_per_token(vocab_local: int) -> float:
-    """nll_loss backward's gradient and log_softmax backward's result, both fp32, alive together."""
+def loss_backward_temporaries_per_token(vocab_local: int, loss_parallel: bool = False) -> float:
+    """nll_loss backward's gradient and log_softmax backward's result, both fp32, alive together.
+
+    With loss_parallel (megatron TP layout) DTensor's distributed log-softmax/nll backward keeps a third
+    fp32 logits-sized tensor plus per-token masks and targets (33 B per token, measured on two shapes)."""
+    if loss_parallel:
+        return 3 * FP32 * vocab_local + LOSS_PARALLEL_PER_TOKEN
     return 2 * FP32 * vocab_local
+
+
+LOSS_PARALLEL_PER_TOKEN = 33
+"""Per-token int64 target, masks and fp32 scalars of DTensor's loss_parallel backward."""
+LOSS_PARALLEL_SAVED_PER_TOKEN = 8
+"""loss_parallel's forward keeps the (masked, local) int64 target per token."""
 
 
 def rotary_bytes(m: ModelSpec, seq: int, c: int) -> int:

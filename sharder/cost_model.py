@@ -193,9 +193,12 @@ def _training_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: i
     recompute = activation_checkpointing.recompute_extra(int(full_layer), int(layer_input), w.ac)
     head_saved = (int(act.head_saved_per_token(model, c, vocab_local, par.sp, par.tp) * tokens)
                   + act.LOSS_SCALARS) if last else 0
+    loss_parallel = par.tp > 1 and par.tp_layout == "megatron"
+    loss_temp = int(act.loss_backward_temporaries_per_token(vocab_local, loss_parallel) * tokens) if last else 0
+    if last and loss_parallel:
+        head_saved += act.LOSS_PARALLEL_SAVED_PER_TOKEN * tokens + 4
     rotary = act.rotary_bytes(model, w.seq, c)
     acts_mb = n_layers * saved_layer + head_saved + rotary + act.norm_constant_bytes(model, n_layers, last)
-    loss_temp = int(act.loss_backward_temporaries_per_token(vocab_local) * tokens) if last else 0
 
     if par.pp > 1:
         inflight = pipeline.in_flight_micro_batches(par.schedule, w.micro_batches, par.pp, pp_i)
@@ -283,7 +286,7 @@ def _training_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: i
                comm_buffers=comm_persistent)
     # the optimizer step: non-foreach AdamW keeps two temporaries of the current tensor and the
     # previous tensor's denominator
-    sizes = [(_grad_numel(t, par) if not fsdp_on else owned_numel(t)) for t in all_trainable]
+    sizes = [owned_numel(t) for t in all_trainable]  # DTensor ops run on the local shards
     if w.optimizer == "adamw" and sizes:
         step_temp = max(2 * n + (sizes[i - 1] if i else 0) for i, n in enumerate(sizes)) * pbytes
     else:

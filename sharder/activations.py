@@ -167,11 +167,29 @@ def rotary_bytes(m: ModelSpec, seq: int, c: int) -> int:
 
 
 def inference_transient_per_token(m: ModelSpec, c: int, tp: int = 1) -> float:
-    """Peak no-grad working set of one decoder layer per token (prefill): the MLP's act, up and product
-    alive together, next to the hidden state and the residual."""
+    """No-grad working set per prompt token at the last decoder layer's MLP (the prefill peak):
+    act(gate), up and their product (3f), next to four hidden-size tensors the Python frames still
+    hold — the embedding output (LlamaModel keeps `inputs_embeds`), the layer's input (held by the
+    caller), the post-attention residual and the norm output."""
     s = layer_shape(m, tp, False)
-    mlp = (3 if m.mlp_gated else 2) * c * s.f
-    if m.is_moe:
-        mlp = m.experts_per_token * mlp
-    attention = c * (2 * s.q + 2 * s.kv)
-    return 2 * c * s.h + max(mlp, attention)
+    k = m.experts_per_token if m.is_moe else 1
+    mlp = k * (3 if m.mlp_gated else 2) * c * s.f
+    hidden = (4 if m.num_layers > 1 else 3) * c * s.h
+    return hidden + mlp
+
+
+def inference_fixed_bytes(m: ModelSpec, batch: int, seq: int, c: int, vocab_parallel_embedding: bool) -> int:
+    """Per-forward tensors besides the per-token ones: cos/sin, int64 position ids, the cache's scalar
+    counters, and under tensor parallelism a second int64 copy of the input ids (the DTensor input
+    handling of the embedding, seen in every TP layout)."""
+    masked_ids = 8 * batch * seq if vocab_parallel_embedding else 0
+    return rotary_bytes(m, seq, c) + 8 * seq + 16 + masked_ids
+
+
+def eager_attention_prefill_bytes(m: ModelSpec, batch: int, seq: int, context: int, c: int, tp: int = 1) -> int:
+    """Eager attention's prefill working set: scores (batch, heads, seq, context) in the compute dtype
+    and their fp32 softmax, query, and K/V repeated to every head when grouped."""
+    heads = m.num_heads // tp
+    scores = batch * heads * seq * context * (c + FP32)
+    repeat = 2 * batch * heads * context * m.head_dim * c if m.num_heads != m.num_kv_heads else 0
+    return scores + repeat + batch * seq * (m.q_size // tp) * c + 3 * batch * seq * m.hidden_size * c

@@ -199,6 +199,9 @@ def _training_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: i
         head_saved += act.LOSS_PARALLEL_SAVED_PER_TOKEN * tokens + 4
     rotary = act.rotary_bytes(model, w.seq, c)
     acts_mb = n_layers * saved_layer + head_saved + rotary + act.norm_constant_bytes(model, n_layers, last)
+    if not first and n_layers and c == 4 and w.ac == "none":
+        # a later pipeline stage's first RMSNorm saves its fp32 input, which is the receive buffer itself
+        acts_mb -= int(act.layer_input_per_token(model, c, par.tp, par.sp) * tokens)
 
     if par.pp > 1:
         inflight = pipeline.in_flight_micro_batches(par.schedule, w.micro_batches, par.pp, pp_i)
@@ -220,7 +223,7 @@ def _training_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: i
 
     # the step's input ids (labels are the same tensor) count with the activations, as the trackers do
     base = {"parameters": params, "optimizer_states": optimizer, "other": buffers,
-            "activations": _input_bytes(w, first)}
+            "activations": _input_bytes(w, first, last)}
     head_grads = sum(_grad_numel(t, par) for t in trainable_edges if t.block in ("head", "norm"))
     embed_grads = sum(_grad_numel(t, par) for t in trainable_edges if t.block == "embedding")
     dw_down = max((t.numel for t in trainable_layer if "down" in t.name), default=0)
@@ -258,7 +261,8 @@ def _training_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: i
         moment("backward (last layer)",
                gradients=max(acc_steps_grads, head_grads if last else 0) + dw_down,
                activations=acts_no_head + loss_scalar + kept_outputs,
-               temporaries=recompute + mlp_transient, comm_buffers=comm_persistent)
+               temporaries=recompute + mlp_transient + (0 if last else hidden_grad),
+               comm_buffers=comm_persistent)
         # the first layer's MLP backward: every other gradient made
         done = (n_layers - 1) * grad_layer + (head_grads if last else 0)
         moment("backward (first layer)",
@@ -299,9 +303,10 @@ def _training_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: i
     return {k: int(v) for k, v in peak.items()}, phase, host, tuple(notes)
 
 
-def _input_bytes(w: Workload, first: bool) -> int:
-    """The int64 input ids of one step on the first stage (labels are the same tensor)."""
-    return w.batch * w.seq * 8 if first else 0
+def _input_bytes(w: Workload, first: bool, last: bool = True) -> int:
+    """The int64 input ids of one step on the first stage and the labels on the last (one tensor when
+    the stage is both)."""
+    return w.batch * w.seq * 8 if (first or last) else 0
 
 
 def _grad_numel(t, par: ParallelConfig) -> int:
@@ -343,15 +348,16 @@ def _inference_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: 
     buffers = model.rotary_buffer_bytes()
     cache = kv_cache.kv_cache_bytes(model, range(*layer_range), w.batch, w.context, w.kv_bytes, par.tp)
     tokens = w.batch * w.seq
-    per_layer = act.inference_transient_per_token(model, c, par.tp) * tokens
-    # StaticCache with SDPA builds a (batch, 1, seq, context) bool mask, and with a mask transformers
-    # repeats K/V to every query head over the whole cache length.
-    mask = w.batch * w.seq * w.context
-    heads = model.num_heads // par.tp
-    repeat = 0
-    if model.num_heads != model.num_kv_heads:
-        repeat = 2 * w.batch * heads * w.context * model.head_dim * c
-    logits = w.batch * _vocab_local(model, par) * (c + 4) if last else 0
+    vocab_parallel = par.tp > 1 and first  # measured: every TP layout keeps a second int64 copy of the ids
+    mlp_peak = int(act.inference_transient_per_token(model, c, par.tp) * tokens) \
+        + act.inference_fixed_bytes(model, w.batch, w.seq, c, vocab_parallel)
+    phase = "prefill (MLP)"
+    working = mlp_peak
+    if w.attention == "eager" or model.model_type == "gemma2":
+        attn_peak = act.eager_attention_prefill_bytes(model, w.batch, w.seq, w.context, c, par.tp) \
+            + act.inference_fixed_bytes(model, w.batch, w.seq, c, vocab_parallel)
+        if attn_peak > working:
+            working, phase = attn_peak, "prefill (attention scores)"
     comm = 0
     if par.pp > 1:
         comm = pipeline.receive_buffer_bytes(pp_i, par.pp, 1, tokens, model.hidden_size, c) // 2
@@ -359,6 +365,5 @@ def _inference_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: 
         comm += sum(t.numel for t in layer) * c + sum(t.numel for t in edges) * c
     bd = empty_breakdown()
     bd.update(parameters=params, other=buffers, kv_cache=cache,
-              activations=int(per_layer) + act.rotary_bytes(model, w.seq, c),
-              temporaries=int(mask + repeat + logits), comm_buffers=comm)
-    return bd, "prefill", 0, ()
+              activations=working + (8 * tokens if first else 0), comm_buffers=comm)
+    return bd, phase, 0, ()

@@ -85,25 +85,45 @@ def decoder_layer_saved_per_token(m: ModelSpec, c: int, tp: int = 1, sp: bool = 
 
 
 def _attention_saved(m: ModelSpec, s: Shape, c: int, attention: str, seq: int) -> float:
-    """q/k after rotary are new tensors; v is the projection output (the whole fused qkv when fused)."""
-    if m.fused_qkv:
+    """What attention keeps, by how each family builds q, k and v.
+
+    - Llama-like: q/k after rotary are new (B, S, n, d)-ordered tensors, v is the projection output;
+      SDPA's output shares that order, so o_proj reads it without a copy.
+    - Phi-3 / GPT-NeoX: the fused qkv output stays alive through the v view; rotary ends in
+      `torch.cat`, so q/k are (B, n, S, d)-contiguous and o_proj's input is a transposed copy.
+    - Falcon (new decoder architecture): k and v are indexed out of the fused output and broadcast to
+      every query head (copies), and o_proj's input is a copy.
+    """
+    heads_kv = s.kv // max(1, m.head_dim)
+    qk_norm = 0.0
+    if m.qk_norm == "head":  # Qwen3: RMSNorm over head_dim of q and k
+        qk_norm = (FP32 + c) * (s.q + s.kv) + FP32 * (s.heads + heads_kv) if c != FP32 else \
+            (FP32 + c) * (s.q + s.kv) + FP32 * (s.heads + heads_kv)
+    copy_out = 0
+    if m.model_type == "falcon":
+        qkv = c * 3 * s.q
+        copy_out = c * s.q
+    elif m.fused_qkv:
         qkv = c * (s.q + 2 * s.kv) + c * (s.q + s.kv)
+        copy_out = c * s.q
     else:
         qkv = c * (s.q + 2 * s.kv)
     if attention == "eager" or m.model_type == "gemma2":
-        # eager: K and V repeated to every query head, scores (n × seq per token), softmax in fp32
-        # then cast back, and the output transposed into a copy for o_proj
-        rep = c * 2 * (s.q - s.kv) if s.q != s.kv else 0
+        # eager: K and V repeated to every query head, scores (n × seq per token), softmax in fp32 cast
+        # back (a copy unless fp32), optional tanh soft-capping, and o_proj's input as a copy
+        if m.model_type != "falcon" and s.q != s.kv:
+            qkv += c * 2 * (s.q - s.kv)
         scores = s.heads * seq
-        softcap = c * scores if getattr(m, "hf_config", {}).get("attn_logit_softcapping") or \
-            m.model_type == "gemma2" else 0
-        if m.model_type == "gemma2" and not m.hf_config.get("attn_logit_softcapping", 50.0):
-            softcap = 0
-        return qkv + rep + softcap + FP32 * scores + c * scores + c * s.q
+        softcap = m.hf_config.get("attn_logit_softcapping", 50.0 if m.model_type == "gemma2" else None)
+        kept = FP32 * scores + (c * scores if c != FP32 else 0) + (c * scores if softcap else 0)
+        return qkv + qk_norm + kept + c * s.q
     out = c * s.q + FP32 * s.heads  # SDPA output and log-sum-exp
-    if m.model_type in ("gpt_neox", "falcon"):
-        out += c * s.q  # the output is (B, n, S, d)-contiguous here, so o_proj's input is a copy
-    return qkv + out
+    return qkv + qk_norm + out + copy_out
+
+
+def attention_mask_bytes(m: ModelSpec, batch: int, seq: int) -> int:
+    """Falcon passes SDPA an explicit fp32 (batch, 1, seq, seq) mask, built once per forward."""
+    return FP32 * batch * seq * seq if m.model_type == "falcon" else 0
 
 
 def layer_input_per_token(m: ModelSpec, c: int, tp: int = 1, sp: bool = False) -> float:

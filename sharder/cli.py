@@ -258,7 +258,10 @@ def cmd_plan(args, console) -> int:
 
     model = _model(args)
     cluster = _cluster(args)
+    # plan: the solver sets the per-replica batch; a pinned --micro-batches applies to that, not --batch
+    micro_batches, args.micro_batches = args.micro_batches, None
     workload = _workload(args, model)
+    args.micro_batches = micro_batches
     pinned = {k: getattr(args, k) for k in ("tp", "pp", "dp", "dp_replicate", "ep", "zero", "tp_layout", "offload",
                                              "schedule") if getattr(args, k) is not None}
     if args.fsdp:

@@ -197,7 +197,7 @@ def _training_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: i
     loss_temp = int(act.loss_backward_temporaries_per_token(vocab_local, loss_parallel) * tokens) if last else 0
     if last and loss_parallel:
         head_saved += act.LOSS_PARALLEL_SAVED_PER_TOKEN * tokens + 4
-    rotary = act.rotary_bytes(model, w.seq, c)
+    rotary = act.rotary_bytes(model, w.seq, c) + act.attention_mask_bytes(model, mbs, w.seq)
     acts_mb = n_layers * saved_layer + head_saved + rotary + act.norm_constant_bytes(model, n_layers, last)
     if not first and n_layers and c == 4 and w.ac == "none":
         # a later pipeline stage's first RMSNorm saves its fp32 input, which is the receive buffer itself

@@ -38,7 +38,8 @@ def _segments(rank: dict) -> list[tuple[str, int]]:
 
 def _check(plan: dict) -> tuple[list[dict], float]:
     if not isinstance(plan, dict) or not isinstance(plan.get("ranks"), list) or not plan["ranks"]:
-        raise SharderInputError("plot needs a plan with per-rank estimates (\"ranks\"); write one with `sharder plan -o`")
+        raise SharderInputError(
+            "plot needs a plan with per-rank estimates (\"ranks\"); write one with `sharder plan -o`")
     for r in plan["ranks"]:
         if not isinstance(r, dict) or not isinstance(r.get("capacity_bytes"), int):
             raise SharderInputError("plot: every rank needs an integer \"capacity_bytes\"")
@@ -46,18 +47,22 @@ def _check(plan: dict) -> tuple[list[dict], float]:
     return sorted(plan["ranks"], key=lambda r: r.get("rank", 0)), headroom
 
 
-def title(plan: dict) -> str:
+def title(plan: dict, two_lines: bool = False) -> str:
+    """'<model> | <parallel summary>' then '<mode> batch .. seq .. | fits' (one line, or two)."""
     model = (plan.get("model") or {}).get("name", "model")
     w = plan.get("workload") or {}
-    summary = plan.get("summary") or ""
-    parts = [str(model), summary]
+    first = " | ".join(p for p in (str(model), plan.get("summary") or "") if p)
+    second = []
     if w:
-        parts.append(f"{w.get('mode', '')} batch {w.get('batch', '')} seq {w.get('seq', '')}")
+        text = f"{w.get('mode', '')} batch {w.get('batch', '')} seq {w.get('seq', '')}"
+        if w.get("max_new_tokens"):
+            text += f" + {w['max_new_tokens']} new"
+        second.append(text)
     fits = plan.get("fits")
     if fits is None:
         fits = all(r.get("fits", True) for r in plan.get("ranks") or [])
-    parts.append("fits" if fits else "DOES NOT FIT")
-    return " | ".join(p for p in parts if p)
+    second.append("fits" if fits else "DOES NOT FIT")
+    return first + ("\n" if two_lines else " | ") + " | ".join(second)
 
 
 def _labels(ranks: list[dict]) -> list[str]:
@@ -86,13 +91,15 @@ def _png(plan: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     n = len(ranks)
-    width = min(24.0, max(6.0, 0.6 * n + 3))
+    width = min(24.0, max(8.0, 0.6 * n + 4))
     fig, ax = plt.subplots(figsize=(width, 5.5), dpi=100)
     seen: set[str] = set()
     xs = list(range(n))
     for x, r in zip(xs, ranks):
         bottom = 0.0
         for label, b in _segments(r):
+            if b <= 0:
+                continue
             height = b / GiB
             ax.bar(x, height, bottom=bottom, width=0.7, color=COLORS.get(label, "#cccccc"),
                    label=label if label not in seen else None, edgecolor="white", linewidth=0.3)
@@ -108,10 +115,14 @@ def _png(plan: dict, path: Path) -> None:
     ax.set_xticks(xs)
     ax.set_xticklabels(_labels(ranks), fontsize=8 if n <= 16 else 6)
     ax.set_ylabel("GiB")
-    ax.set_title(title(plan), fontsize=10)
+    ax.set_title(title(plan, two_lines=True), fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    handles, labels = ax.get_legend_handles_labels()
+    order = list(CATEGORIES) + [RUNTIME]
+    ranked = sorted(zip(handles, labels), key=lambda hl: order.index(hl[1]) if hl[1] in order else len(order))
+    ax.legend([h for h, _ in ranked], [lbl for _, lbl in ranked], loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, format="png")
     plt.close(fig)
@@ -167,7 +178,8 @@ def html_page(plan: dict) -> str:
         svg.append("</g>")
     svg.append("</svg>")
 
-    used = [c for c in list(CATEGORIES) + [RUNTIME] if any(lbl == c for r in ranks for lbl, _ in _segments(r))]
+    used = [c for c in list(CATEGORIES) + [RUNTIME]
+            if any(lbl == c and b > 0 for r in ranks for lbl, b in _segments(r))]
     legend = "".join(f'<span class="key"><i style="background:{COLORS.get(c, "#ccc")}"></i>{html.escape(c)}</span>'
                      for c in used)
     legend += ('<span class="key"><i style="background:black;height:3px"></i>capacity</span>'

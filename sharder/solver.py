@@ -1,38 +1,39 @@
 """Solver: search parallel degrees, strategies and layer splits for a pool; rank feasible plans by tokens/s.
 
-Works on plain data (ModelSpec, Workload, ClusterSpec) through the cost model and step-time model alone.
-Two passes: every candidate is screened on its representative ranks (each pipeline stage's first
-data-parallel, first tensor-parallel rank), then the best are estimated on every rank.
+Works on plain data (ModelSpec, Workload, ClusterSpec) through the cost model and the step-time model.
+
+Search, best first (branch and bound):
+1. `candidate_space` lists every (workload, parallel config) worth trying: TP degree (inside a node,
+   dividing heads, KV heads and the FFN), PP degree, data-parallel degree, ZeRO stage / FSDP / HSDP,
+   offload, activation checkpointing, micro-batch count, schedule and, for MoE, the expert degree;
+   inference: TP, PP and replicas. Pinned flags fix their field. Training plans all run the same
+   global batch (`--global-batch`, default `--batch` × GPUs), so their tokens/s compare.
+2. Each candidate gets a lower bound on its step time (`StepModel.lower_bound`: its best possible
+   layer split, memory ignored) and candidates are taken in order of that bound.
+3. A candidate is solved exactly: its layer split by dynamic programming over contiguous layer
+   ranges (`best_split`), its per-stage memory from the cost model (cached per stage class and layer
+   count), then every rank with `cost_model.estimate`. It stops once the next bound is worse than the
+   `top`-th plan found, so the answer equals an exhaustive search under the same models.
+Ranking: tokens/s (step time in whole picoseconds), ties broken by the worst rank's memory use.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import heapq
+from dataclasses import dataclass, replace
 
 from sharder import cost_model
 from sharder.breakdown import CATEGORIES
-from sharder.device_overhead import allocated_and_reserved
 from sharder.errors import SharderInputError
 from sharder.hardware import ClusterSpec
+from sharder.layer_split import (StageMemory, best_split, caps_search, compositions, stage_caps,
+                                 threshold_split)
 from sharder.model_spec import ModelSpec
 from sharder.parallel import ParallelConfig
 from sharder.plan_file import Plan
-from sharder.step_time import step_time
+from sharder.search_space import AC_ORDER, SolveOptions, candidate_space, default_global_batch, divisors
+from sharder.step_time import StepModel, pool_layout
 from sharder.workload import Workload
-from sharder.strategies import pipeline as pipeline_strategy
-
-
-@dataclass(kw_only=True)
-class SolveOptions:
-    global_batch: int | None = None
-    """Sequences per optimizer step for the whole job (training); None: the smallest that fits the degrees."""
-    headroom: float = 0.05
-    top: int = 5
-    framework: str = "torch"
-    pinned: dict = field(default_factory=dict)
-    """ParallelConfig fields the user fixed on the command line (tp, pp, zero, ...)."""
-    pinned_workload: dict = field(default_factory=dict)
-    """Workload fields the user fixed (ac, micro_batches)."""
 
 
 @dataclass(kw_only=True)
@@ -40,226 +41,358 @@ class SolveResult:
     plans: list[Plan]
     """Feasible plans, best first (at most `top`)."""
     considered: int
+    """Candidates in the search space (degrees × strategies; layer splits not counted)."""
     closest: Plan | None = None
     """When nothing fits: the candidate with the smallest overshoot."""
+    evaluated: int = 0
+    """Candidates solved exactly (the rest were pruned by their bound)."""
 
     @property
     def best(self) -> Plan | None:
         return self.plans[0] if self.plans else None
 
 
-def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+# --------------------------------------------------------------------------------------------- solve
+class _Search:
+    """One solve: caches shared by its candidates (devices, layouts, stage capacities, estimates)."""
+
+    def __init__(self, model: ModelSpec, w: Workload, cluster: ClusterSpec, opts: SolveOptions):
+        self.model, self.w, self.cluster, self.opts = model, w, cluster, opts
+        self.devices = cluster.devices
+        self.layouts: dict[tuple, object] = {}
+        self.caps: dict[tuple, list] = {}
+        self.memories: dict[tuple, StageMemory] = {}
+        self.fits_cache: dict[tuple, bool] = {}
+
+    def degrees(self, par: ParallelConfig) -> tuple:
+        return (par.tp, par.pp, par.dp, par.dp_replicate, par.ep)
+
+    def step_model(self, work: Workload, par: ParallelConfig) -> StepModel:
+        key = self.degrees(par)
+        layout = self.layouts.get(key)
+        if layout is None:
+            layout = self.layouts[key] = pool_layout(self.cluster, par, self.devices)
+        return StepModel(self.model, work, par, self.cluster, layout)
+
+    def memory(self, work: Workload, par: ParallelConfig) -> StageMemory:
+        par = replace(par, split=None)
+        mem = self.memories.get((work, par))
+        if mem is None:
+            key = self.degrees(par)[:3]
+            caps = self.caps.get(key)
+            if caps is None:
+                caps = self.caps[key] = stage_caps(self.cluster, par, self.devices)
+            mem = self.memories[(work, par)] = StageMemory(self.model, work, par, caps, self.opts.headroom)
+        return mem
+
+    def may_fit(self, work: Workload, par: ParallelConfig) -> bool:
+        """Whether some split fits the candidate's representative ranks (cached)."""
+        key = (work, par)
+        if key not in self.fits_cache:
+            if par.pp == 1 or par.split is not None:
+                fits = _lean_split(self, work, par) is not None
+            else:
+                fits = self._some_split_fits(work, par)
+            self.fits_cache[key] = fits
+        return self.fits_cache[key]
+
+    def _some_split_fits(self, work: Workload, par: ParallelConfig) -> bool:
+        """The quick split (smallest bottleneck time) first; where a stage overflows there, search the
+        caps, stopping as soon as they can hold the model or cannot."""
+        sm = self.step_model(work, par)
+        mem = self.memory(work, par)
+        L, P = self.model.num_layers, par.pp
+        A = [sm.layer_quanta(s) for s in range(P)]
+        E = [sm.edge_quanta(s) for s in range(P)]
+        most = mem.floor_caps(L - P + 1)
+        quick = threshold_split(P, L, lambda s, n: A[s] * n + E[s], most, 1, lambda s, n: 0)
+        if quick is None:
+            return False
+        counts = quick[0]
+        starts = [sum(counts[:s]) for s in range(P)]
+        over = [s for s in range(P) if mem.ratio(s, starts[s], counts[s]) > 1.0]
+        if not over:
+            return True
+        lo = [0 if s in over else counts[s] for s in range(P)]
+        hi = [counts[s] if s in over else most[s] + 1 for s in range(P)]
+        return caps_search(mem, L, lo, hi, first=over, enough=True) is not None
+
+    def solve_candidate(self, work: Workload, par: ParallelConfig, sm: StepModel):
+        """(par with its split, step quanta) or None when it does not fit its representative ranks."""
+        L = self.model.num_layers
+        mem = self.memory(work, par)
+        if par.split is not None or par.pp == 1:
+            counts = [e - s for s, e in par.stage_layers(L)]
+            if any(n > c for n, c in zip(counts, mem.floor_caps(L))):
+                return None  # [Constraint] the stored parameters alone overflow
+            ratio, b = 0.0, 0
+            for s, n in enumerate(counts):
+                ratio = max(ratio, mem.ratio(s, b, n))
+                b += n
+            if ratio > 1.0:
+                return None
+            return par, sm.quanta(counts)
+        found = best_split(sm, mem, L)
+        if found is None:
+            return None
+        return replace(par, split=found[0]), found[1]
+
+    def verify(self, work: Workload, par: ParallelConfig):
+        """Every rank from the cost model; (ranks, worst ratio) or None when a rank or host overflows."""
+        ranks = cost_model.estimate(self.model, work, par, self.cluster, self.opts.headroom)
+        if not all(r.fits for r in ranks):
+            return None
+        host: dict[int, int] = {}
+        for r in ranks:
+            host[r.node] = host.get(r.node, 0) + r.host_bytes
+        for node, used in host.items():
+            if used > self.cluster.nodes[node].host_memory_bytes * (1 - self.opts.headroom):
+                return None
+        return ranks, worst_ratio(ranks, self.opts.headroom)
+
+    def plan(self, work, par, ranks, sm: StepModel | None = None) -> Plan:
+        sm = sm or self.step_model(work, par)
+        seconds, tps, parts = sm.total([e - s for s, e in par.stage_layers(self.model.num_layers)])
+        return Plan(model=self.model, workload=work, parallel=par, cluster=self.cluster, ranks=ranks,
+                    headroom=self.opts.headroom, step_time_s=seconds, tokens_per_s=tps, step_time_parts_s=parts,
+                    global_batch=work.batch * par.dp if work.training else None)
 
 
-def candidate_configs(model: ModelSpec, w: Workload, cluster: ClusterSpec, opts: SolveOptions):
-    """Yield (workload, parallel config) pairs worth estimating."""
-    n = cluster.num_devices
-    pin = opts.pinned
-    for tp in divisors(n):
-        if tp > cluster.gpus_per_node or (tp > 1 and (model.num_heads % tp or model.num_kv_heads % tp
-                                                         or model.intermediate_size % tp
-                                                         or model.fused_qkv or model.fused_gate_up)):
-            continue
-        if "tp" in pin and tp != pin["tp"]:
-            continue
-        for pp in divisors(n // tp):
-            if pp > model.num_layers or ("pp" in pin and pp != pin["pp"]):
-                continue
-            dp = n // (tp * pp)
-            if "dp" in pin and dp != pin["dp"]:
-                continue
-            yield from _strategy_variants(model, w, tp, pp, dp, opts)
-
-
-def _strategy_variants(model, w, tp, pp, dp, opts):
-    pin, pinw = opts.pinned, opts.pinned_workload
-    if not w.training:
-        # inference: --batch is the job's concurrent sequences; data-parallel replicas split them
-        if w.batch % dp:
-            return
-        cfg = dict(framework="torch", tp=tp, pp=pp, dp=dp, zero=pin.get("zero", 0),
-                   tp_layout=pin.get("tp_layout", "megatron"), schedule="gpipe")
-        try:
-            yield replace(w, batch=w.batch // dp), _make(cfg, pin)
-        except SharderInputError:
-            pass
-        return
-    global_batch = opts.global_batch or dp * max(pp, 1) * w.batch
-    if global_batch % dp:
-        return
-    local = global_batch // dp
-    zeros = [0, 1, 2, 3] if dp > 1 else [0]
-    if opts.framework == "deepspeed":
-        zeros = [1, 2, 3] if dp > 1 else [1, 2, 3]
-        if tp > 1 or pp > 1:
-            return
-    acs = [pinw["ac"]] if "ac" in pinw else ["none", "full"]
-    if pp > 1:
-        mbs = sorted({m for m in (pp, 2 * pp, local) if m >= pp and local % m == 0})
-    else:
-        mbs = sorted({1, local}) if local > 1 else [1]
-    if "micro_batches" in pinw:
-        mbs = [pinw["micro_batches"]] if local % pinw["micro_batches"] == 0 else []
-    offloads = ["none"]
-    if opts.framework == "deepspeed":
-        offloads = ["none", "optimizer"]
-    for zero in zeros:
-        if "zero" in pin and zero != pin["zero"]:
-            continue
-        offs = offloads + (["all"] if (zero == 3 and opts.framework == "torch") else [])
-        if "offload" in pin:
-            offs = [pin["offload"]]
-        for offload in offs:
-            for ac in acs:
-                for m in mbs:
-                    try:
-                        work = replace(w, batch=local, micro_batches=m, ac=ac)
-                        cfg = dict(framework=opts.framework, tp=tp, pp=pp, dp=dp, zero=zero, offload=offload,
-                                   sp=tp > 1, tp_layout=pin.get("tp_layout", "megatron"),
-                                   schedule=pin.get("schedule", "1f1b"))
-                        yield work, _make(cfg, pin)
-                    except SharderInputError:
-                        continue
-
-
-def _make(cfg: dict, pin: dict) -> ParallelConfig:
-    merged = dict(cfg)
-    for key in ("sp", "dp_replicate", "ep"):
-        if key in pin:
-            merged[key] = pin[key]
-    return ParallelConfig(**merged)
-
-
-def _screen(model, w, par, cluster, headroom) -> tuple[bool, float]:
-    """Feasibility and worst capacity ratio from each stage's representative rank (cheap)."""
-    stages = par.stage_layers(model.num_layers)
-    devs = cluster.devices
-    worst = 0.0
-    for s, rng in enumerate(stages):
-        rank = s * par.dp * par.tp
-        bd, _, _, _ = cost_model.rank_memory(model, w, par, s, 0, 0, rng)
-        dev = devs[rank]
-        _, reserved = allocated_and_reserved(sum(bd.values()), dev.gpu, par.world_size, bd)
-        worst = max(worst, reserved / (dev.capacity_bytes * (1 - headroom)))
-    return worst <= 1.0, worst
-
-
-def balanced_split(model: ModelSpec, w: Workload, par: ParallelConfig, cluster: ClusterSpec,
-                   headroom: float) -> tuple[int, ...] | None:
-    """Contiguous layer counts per stage minimizing the worst stage's time (training) or memory ratio
-    (inference), by dynamic programming over (stage, last layer). Stage memory is linear in its layer
-    count; it is sampled at two counts per stage and checked exactly afterwards."""
-    L, P = model.num_layers, par.pp
-    devs = cluster.devices
-    lines = []
-    for s in range(P):
-        rank = s * par.dp * par.tp
-        gpu = devs[rank]
-        one = _stage_bytes(model, w, par, s, 1)
-        two = _stage_bytes(model, w, par, s, 2)
-        cap = gpu.capacity_bytes * (1 - headroom)
-        speed = gpu.gpu.fp32_flops if w.precision == "32-true" else gpu.gpu.bf16_flops
-        lines.append((one - (two - one), two - one, cap, speed))
-    edge_layers = model.embedding_params() / max(1, model.layer_params())
-
-    def cost(s, count):
-        base, per, cap, speed = lines[s]
-        mem = (base + per * count) / cap
-        edge = (edge_layers if s == P - 1 else 0) + (0.02 * edge_layers if s == 0 else 0)
-        t = (count + edge) / speed
-        if mem > 1:
-            return (float("inf"), mem)
-        return (mem, t) if not w.training else (t, mem)
-
-    INF = (float("inf"), float("inf"))
-    best = [[INF] * (L + 1) for _ in range(P)]
-    back = [[0] * (L + 1) for _ in range(P)]
-    for e in range(1, L - P + 2):
-        best[0][e] = cost(0, e)
-    for s in range(1, P):
-        for e in range(s + 1, L - (P - 1 - s) + 1):
-            for b in range(s, e):
-                prev = best[s - 1][b]
-                if prev[0] == float("inf"):
-                    continue
-                here = cost(s, e - b)
-                cand = max(prev, here)
-                if cand < best[s][e]:
-                    best[s][e], back[s][e] = cand, b
-    if best[P - 1][L][0] == float("inf"):
-        return None
-    split, e = [], L
-    for s in range(P - 1, -1, -1):
-        b = back[s][e] if s else 0
-        split.append(e - b)
-        e = b
-    return tuple(reversed(split))
-
-
-def _stage_bytes(model, w, par, s, count) -> int:
-    start = 0 if s == 0 else 1
-    bd, _, _, _ = cost_model.rank_memory(model, w, par, s, 0, 0, (start, start + count))
-    return sum(bd.values())
+def worst_ratio(ranks, headroom: float) -> float:
+    return max(r.peak_reserved_bytes / (r.capacity_bytes * (1 - headroom)) for r in ranks)
 
 
 def solve(model: ModelSpec, w: Workload, cluster: ClusterSpec, opts: SolveOptions) -> SolveResult:
-    screened = []
-    considered = 0
-    closest = None
-    for work, par in candidate_configs(model, w, cluster, opts):
-        considered += 1
-        try:
-            cost_model.validate(model, work, par, cluster)
-        except SharderInputError:
-            continue
-        if par.pp > 1 and (not cluster.homogeneous or not work.training) and "split" not in opts.pinned:
-            split = balanced_split(model, work, par, cluster, opts.headroom)
-            if split is not None:
-                par = replace(par, split=split)
-        ok, worst = _screen(model, work, par, cluster, opts.headroom)
-        if not ok:
-            if closest is None or worst < closest[0]:
-                closest = (worst, work, par)
-            continue
-        seconds, tps, parts = step_time(model, work, par, cluster)
-        screened.append((-tps, worst, work, par, seconds, tps, parts))
-    screened.sort(key=lambda x: (x[0], x[1]))
-    plans = []
-    for _, worst, work, par, seconds, tps, parts in screened[: max(opts.top * 3, opts.top)]:
-        ranks = cost_model.estimate(model, work, par, cluster, opts.headroom)
-        if not all(r.fits for r in ranks):
-            continue
-        plans.append(Plan(model=model, workload=work, parallel=par, cluster=cluster, ranks=ranks,
-                          headroom=opts.headroom, step_time_s=seconds, tokens_per_s=tps,
-                          step_time_parts_s=parts,
-                          global_batch=work.batch * par.dp if work.training else None))
-        if len(plans) >= opts.top:
+    search = _Search(model, w, cluster, opts)
+    space = candidate_space(model, w, cluster, opts)
+    if not space and (opts.pinned or opts.pinned_workload):
+        raise SharderInputError(_no_candidate_message(model, cluster, opts))
+    L = model.num_layers
+    top = max(1, opts.top)
+    # Candidates differing only in checkpointing or offload are slower the more they recompute or
+    # offload, so one bound (the fastest variant's) orders the whole family until each is popped.
+    families: dict[tuple, list[int]] = {}
+    for i, (work, par) in enumerate(space):
+        families.setdefault(_family(work, par), []).append(i)
+    heap: list[tuple] = []
+    for members in families.values():
+        members.sort(key=lambda i: _speed_rank(*space[i]))
+        sm = search.step_model(*space[members[0]])
+        bound = sm.lower_bound(L)
+        heap.append((bound, members[0], sm))
+        heap.extend((bound, i, None) for i in members[1:])
+    heapq.heapify(heap)
+    leaner = _leaner_twins(space, families)
+    refined: set[int] = set()
+    found: list[tuple] = []  # (quanta, worst ratio, index, work, par, ranks, step model), best first
+    evaluated = 0
+    while heap:
+        bound, i, sm = heapq.heappop(heap)
+        # [Constraint] stop once no remaining candidate can enter the top list
+        if len(found) >= top and bound > found[top - 1][0]:
             break
-    near = None
-    if not plans and closest is not None:
-        _, work, par = closest
-        ranks = cost_model.estimate(model, work, par, cluster, opts.headroom)
-        near = Plan(model=model, workload=work, parallel=par, cluster=cluster, ranks=ranks,
-                    headroom=opts.headroom)
-    return SolveResult(plans=plans, considered=considered, closest=near)
+        work, par = space[i]
+        if sm is None:  # a family member: its own bound first
+            sm = search.step_model(work, par)
+            own = sm.lower_bound(L)
+            if own > bound:
+                heapq.heappush(heap, (own, i, sm))
+                continue
+        if i not in refined:  # then the bound under the layer caps the stored states allow
+            refined.add(i)
+            own = sm.lower_bound(L, search.memory(work, par).floor_caps(L - par.pp + 1))
+            if own is None:
+                continue  # [Constraint] the stored parameters alone overflow
+            if own > bound:
+                heapq.heappush(heap, (own, i, sm))
+                continue
+        # [Constraint] full checkpointing keeps the least of any mode: when no split fits the family's
+        # full-checkpointing twin (same offload), none fits this candidate either (checked once per twin)
+        lean = leaner.get(i)
+        if lean is not None and not search.may_fit(*space[lean]):
+            continue
+        evaluated += 1
+        solved = search.solve_candidate(work, par, sm)
+        if solved is None:
+            continue
+        par, quanta = solved
+        if len(found) >= top and quanta > found[top - 1][0]:
+            continue
+        checked = search.verify(work, par)
+        if checked is None:
+            continue
+        ranks, ratio = checked
+        found.append((quanta, ratio, i, work, par, ranks, sm))
+        found.sort(key=lambda f: f[:3])
+        del found[top:]
+    plans = [search.plan(work, par, ranks, sm) for _, _, _, work, par, ranks, sm in found]
+    closest = None if plans else _closest(search, space)
+    return SolveResult(plans=plans, considered=len(space), closest=closest, evaluated=evaluated)
+
+
+def _no_candidate_message(model: ModelSpec, cluster: ClusterSpec, opts: SolveOptions) -> str:
+    pins = {**opts.pinned, **opts.pinned_workload}
+    flags = " ".join(f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, tuple) else v}"
+                     for k, v in pins.items())
+    return (f"no parallel plan matches {flags} on {cluster.num_devices} devices: pp × dp × tp must equal "
+            f"{cluster.num_devices}, TP must stay inside a node (at most {cluster.gpus_per_node}) and divide "
+            f"{model.num_heads} heads, {model.num_kv_heads} KV heads and the FFN, PP at most {model.num_layers} "
+            f"layers, 1F1B needs micro-batches >= PP"
+            + ("; --framework deepspeed plans ZeRO data parallel only (TP = PP = 1)" if opts.framework == "deepspeed"
+               else "") + "; drop or change a pinned flag")
+
+
+def _leaner_twins(space, families) -> dict[int, int]:
+    """Candidate index -> its twin with full activation checkpointing (same offload), when it has one."""
+    out = {}
+    for members in families.values():
+        full = {space[i][1].offload: i for i in members if space[i][0].ac == "full"}
+        for i in members:
+            twin = full.get(space[i][1].offload)
+            if twin is not None and twin != i:
+                out[i] = twin
+    return out
+
+
+def _family(work: Workload, par: ParallelConfig) -> tuple:
+    return (par.tp, par.pp, par.dp, par.ep, par.zero, par.dp_replicate, par.schedule, par.framework,
+            par.tp_layout, par.sp, work.micro_batches, work.batch)
+
+
+def _speed_rank(work: Workload, par: ParallelConfig) -> tuple:
+    """Within a family: no checkpointing and no offload is fastest."""
+    return (par.offload != "none", AC_ORDER.index(work.ac) if work.ac in AC_ORDER else 0)
+
+
+# ------------------------------------------------------------------------------- feasibility (fast)
+def _lean_first(space):
+    """Candidates ordered leanest first: the most sharding, checkpointing and micro-batches, offload."""
+    def key(item):
+        work, par = item
+        return (-par.zero, -AC_ORDER.index(work.ac) if work.training else 0, -work.micro_batches,
+                par.offload == "none", par.schedule != "1f1b", par.dp_replicate)
+    return sorted(space, key=key)
+
+
+def _lean_per_degrees(space):
+    """The leanest candidate (with and without offload) of each degree combination."""
+    seen: dict[tuple, list] = {}
+    for work, par in _lean_first(space):
+        key = (par.tp, par.pp, par.dp, par.ep, par.offload != "none")
+        if key not in seen:
+            seen[key] = (work, par)
+    return list(seen.values())
+
+
+def _lean_split(search: _Search, work, par):
+    """par with a split that fits its stages' caps (filled in proportion to them), or None."""
+    L = search.model.num_layers
+    mem = search.memory(work, par)
+    if par.pp == 1 or par.split is not None:
+        counts = [e - s for s, e in par.stage_layers(L)]
+        if any(n > c for n, c in zip(counts, mem.floor_caps(L))):
+            return None
+        b = 0
+        for s, n in enumerate(counts):
+            if mem.ratio(s, b, n) > 1.0:
+                return None
+            b += n
+        return par
+    floor = mem.floor_caps(L - par.pp + 1)
+    caps = caps_search(mem, L, [0] * par.pp, [c + 1 for c in floor], enough=True)
+    if caps is None:
+        return None
+    return replace(par, split=_fill(caps, L, caps))
+
+
+def _fill(weights: list[float], L: int, caps: list[int]) -> tuple[int, ...]:
+    """L layers over stages in proportion to `weights`, at least one each, at most caps (sum >= L)."""
+    total = sum(weights)
+    counts = [min(c, max(1, int(L * w / total))) for w, c in zip(weights, caps)]
+    s = 0
+    while sum(counts) < L:
+        if counts[s % len(counts)] < caps[s % len(counts)]:
+            counts[s % len(counts)] += 1
+        s += 1
+    while sum(counts) > L:
+        counts[max(range(len(counts)), key=lambda k: counts[k])] -= 1
+    return tuple(counts)
+
+
+def feasible(model: ModelSpec, w: Workload, cluster: ClusterSpec, opts: SolveOptions) -> bool:
+    """Whether any candidate fits (leanest strategy of each degree combination first)."""
+    search = _Search(model, w, cluster, opts)
+    for work, par in _lean_per_degrees(candidate_space(model, w, cluster, opts)):
+        par = _lean_split(search, work, par)  # screened on representative ranks first
+        if par is not None and search.verify(work, par) is not None:
+            return True
+    return False
+
+
+def _closest(search: _Search, space) -> Plan | None:
+    """The lean candidate whose representative ranks overshoot least (layers in proportion to the
+    stages' capacity), estimated on every rank."""
+    best = None
+    L = search.model.num_layers
+    for work, par in _lean_per_degrees(space):
+        mem = search.memory(work, par)
+        if par.pp > 1 and par.split is None:
+            weights = [min(cap for _, cap, _, _ in mem.caps[s][1]) for s in range(par.pp)]
+            par = replace(par, split=_fill(weights, L, [L] * par.pp))
+        r = 0.0
+        for s, (start, end) in enumerate(par.stage_layers(L)):
+            r = max(r, mem.ratio(s, start, end - start))
+        # offload plans that overflow the host are shown only when nothing else comes closer
+        key = (par.offload != "none" and r > 1.0, r)
+        if best is None or key < best[0]:
+            best = (key, work, par)
+    if best is None:
+        return None
+    _, work, par = best
+    ranks = cost_model.estimate(search.model, work, par, search.cluster, search.opts.headroom)
+    return Plan(model=search.model, workload=work, parallel=par, cluster=search.cluster, ranks=ranks,
+                headroom=search.opts.headroom)
 
 
 def fewest_gpus(model: ModelSpec, w: Workload, gpu_spec_for, opts: SolveOptions, limit: int = 4096) -> int | None:
-    """Smallest count n (1, 2, 3, ... then powers of two) for which `gpu_spec_for(n)` has a feasible plan."""
+    """Smallest count n (1..8, then powers of two) for which `gpu_spec_for(n)` has a feasible plan."""
     counts = list(range(1, 9)) + [2 ** k for k in range(4, 13) if 2 ** k <= limit]
-    quick = replace(opts, top=1)
     for n in counts:
-        if solve(model, w, gpu_spec_for(n), quick).plans:
+        if feasible(model, w, gpu_spec_for(n), opts):
             return n
     return None
+
+
+def largest_batch(model: ModelSpec, w: Workload, cluster: ClusterSpec, opts: SolveOptions,
+                  limit: int = 1 << 16) -> int:
+    """Inference: the most concurrent sequences (--batch) at this context for which some plan fits
+    the pool, 0 when not even one does (memory grows with the batch: doubling, then bisection)."""
+    if w.training:
+        raise SharderInputError("the largest batch is searched for --mode inference; training plans "
+                                "already choose micro-batches for --global-batch")
+
+    def fits(batch: int) -> bool:
+        return feasible(model, replace(w, batch=batch, micro_batches=1), cluster, opts)
+
+    if not fits(1):
+        return 0
+    lo, hi = 1, 2
+    while hi <= limit and fits(hi):
+        lo, hi = hi, hi * 2
+    if hi > limit:
+        return lo
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
 
 
 def helpful_knobs(model: ModelSpec, w: Workload, cluster: ClusterSpec, opts: SolveOptions) -> list[str]:
     """Which single change makes the job fit on this pool, tried in order of how little it changes."""
     tries = []
-    if w.training and w.ac == "none":
-        tries.append(("activation checkpointing (--ac full)", replace(w, ac="full"), opts))
+    if w.training and opts.pinned_workload.get("ac", "full") != "full":
+        tries.append(("activation checkpointing (--ac full)", w,
+                      replace(opts, pinned_workload={**opts.pinned_workload, "ac": "full"})))
     if w.mode in ("train", "finetune"):
         tries.append(("LoRA (--mode lora)", replace(w, mode="lora"), opts))
         tries.append(("QLoRA (--mode qlora)", replace(w, mode="qlora", quant="nf4"), opts))
@@ -268,16 +401,51 @@ def helpful_knobs(model: ModelSpec, w: Workload, cluster: ClusterSpec, opts: Sol
         tries.append(("4-bit weights (--quant nf4)", replace(w, quant="nf4"), opts))
     if w.seq > 512:
         tries.append((f"a shorter sequence (--seq {w.seq // 2})", replace(w, seq=w.seq // 2), opts))
-    if w.training:
-        tries.append(("CPU offload (--offload all with --zero 3)", w, replace(opts, pinned={**opts.pinned, "offload": "all"})))
+    if w.training and opts.pinned.get("offload", "none") == "none":
+        pinned = {k: v for k, v in opts.pinned.items() if k not in ("offload", "zero")}
+        tries.append(("CPU offload (--offload all with --zero 3)", w,
+                      replace(opts, pinned={**pinned, "offload": "all", "zero": 3})))
     out = []
     for label, work, o in tries:
         try:
-            if solve(model, work, cluster, replace(o, top=1)).plans:
+            if feasible(model, work, cluster, o):
                 out.append(label)
         except SharderInputError:
             continue
     return out
 
 
-__all__ = ["SolveOptions", "SolveResult", "solve", "balanced_split", "fewest_gpus", "helpful_knobs", "CATEGORIES"]
+def exhaustive(model: ModelSpec, w: Workload, cluster: ClusterSpec, opts: SolveOptions,
+               max_pp: int = 4) -> tuple[int, float, Workload, ParallelConfig] | None:
+    """The referee of `solve`: every candidate of `candidate_space` with pp <= max_pp and EVERY
+    contiguous layer split, each timed by the step-time model; feasibility by `cost_model.estimate` on
+    every rank, checked in order of step time until the fastest feasible one (and its ties) is known.
+    Returns (step quanta, worst ratio, workload, parallel config) of the best, or None. Slow: for tests
+    and benchmarks on small models."""
+    search = _Search(model, w, cluster, opts)
+    L = model.num_layers
+    timed = []
+    for work, par in candidate_space(model, w, cluster, opts):
+        if par.pp > max_pp:
+            continue
+        sm = search.step_model(work, par)
+        splits = [tuple(e - s for s, e in par.stage_layers(L))] if (par.pp == 1 or par.split) else \
+            compositions(L, par.pp)
+        for counts in splits:
+            timed.append((sm.quanta(counts), len(timed), work, par, counts))
+    timed.sort(key=lambda x: (x[0], x[1]))
+    best = None
+    for quanta, _, work, par, counts in timed:
+        if best is not None and quanta > best[0]:
+            break
+        if par.pp > 1:
+            par = replace(par, split=counts)
+        checked = search.verify(work, par)
+        if checked is not None and (best is None or checked[1] < best[1]):
+            best = (quanta, checked[1], work, par)
+    return best
+
+
+__all__ = ["SolveOptions", "SolveResult", "solve", "best_split", "candidate_space", "exhaustive", "feasible",
+           "fewest_gpus", "helpful_knobs", "largest_batch", "worst_ratio", "default_global_batch", "divisors",
+           "CATEGORIES"]

@@ -112,7 +112,8 @@ class PlanView:
         elif self.num_layers:
             out = self.parallel.stage_layers(self.num_layers)
         else:
-            raise SharderInputError("plan gives no layer ranges and no layer count; write it again with `sharder plan -o`")
+            raise SharderInputError(
+                "plan gives no layer ranges and no layer count; write it again with `sharder plan -o`")
         for (_, end), (start, _) in zip(out, out[1:]):
             if end != start:
                 raise SharderInputError(f"plan's pipeline stages are not contiguous: {out}")

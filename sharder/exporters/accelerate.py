@@ -46,7 +46,7 @@ def replica_maps(v: PlanView, replica: int) -> tuple[dict, dict, list[str]]:
     if len(nodes) > 1:
         raise SharderInputError(
             f"accelerate export: replica {replica}'s pipeline stages span nodes {sorted(nodes)}; accelerate "
-            f"dispatches inside one process on one machine (try --target vllm or --target fsdp2)")
+            f"dispatches inside one process on one machine (try --to vllm or --to fsdp2)")
     devices = [_device(v, r) for r in stage_ranks]
     embed, layers, norm, head, extras = module_names(v.model_type)
     notes: list[str] = []
@@ -76,15 +76,15 @@ def config(plan: dict) -> dict:
     if par.tp > 1:
         raise SharderInputError(
             f"accelerate export: tensor parallel (TP={par.tp}) has no accelerate device_map equivalent "
-            f"(try --target vllm for inference, --target fsdp2 or torchtitan for training)")
+            f"(try --to vllm for inference, --to fsdp2 or torchtitan for training)")
     if w.training and par.dp > 1:
         raise SharderInputError(
             f"accelerate export: a device_map places one process's model; this training plan is data parallel "
-            f"(DP={par.dp}) (try --target deepspeed, fsdp2 or torchtitan)")
+            f"(DP={par.dp}) (try --to deepspeed, fsdp2 or torchtitan)")
     if par.zero == 3 and par.dp > 1:
         raise SharderInputError(
             f"accelerate export: ZeRO-3 sharding over {par.dp} ranks has no device_map equivalent "
-            f"(plan with --zero 0, or try --target fsdp2)")
+            f"(plan with --zero 0, or try --to fsdp2)")
     device_map, max_memory, notes = replica_maps(v, 0)
     out: dict = {
         "device_map": device_map,

@@ -32,15 +32,15 @@ def config(plan: dict, *, gradient_clipping: float | None = None, lr: float | No
     if not w.training:
         raise SharderInputError(
             "deepspeed export needs a training plan; this plan is --mode inference "
-            "(try --target vllm or --target accelerate)")
+            "(try --to vllm or --to accelerate)")
     if par.tp > 1 or par.pp > 1:
         raise SharderInputError(
             f"deepspeed export covers ZeRO data parallel only; this plan has TP={par.tp} PP={par.pp} "
-            f"(try --target torchtitan or --target fsdp2)")
+            f"(try --to torchtitan or --to fsdp2)")
     if par.dp_replicate > 1:
         raise SharderInputError(
             f"deepspeed export: HSDP ({par.dp_replicate} replicas × {par.dp // par.dp_replicate} shards) has no "
-            f"DeepSpeed equivalent (ZeRO++ hpZ keeps a second weight copy); try --target torchtitan or --target fsdp2")
+            f"DeepSpeed equivalent (ZeRO++ hpZ keeps a second weight copy); try --to torchtitan or --to fsdp2")
     if gradient_clipping is not None and not (isinstance(gradient_clipping, (int, float)) and gradient_clipping > 0):
         raise SharderInputError(f"gradient clipping must be a number > 0, got {gradient_clipping!r}")
 

@@ -35,19 +35,19 @@ def tables(plan: dict) -> tuple[dict[str, dict], list[str]]:
     w, par = v.workload, v.parallel
     if not w.training:
         raise SharderInputError("torchtitan export needs a training plan; this plan is --mode inference "
-                                "(try --target vllm or --target accelerate)")
+                                "(try --to vllm or --to accelerate)")
     if par.framework != "torch":
-        raise SharderInputError("torchtitan export: this plan is for DeepSpeed; use --target deepspeed")
+        raise SharderInputError("torchtitan export: this plan is for DeepSpeed; use --to deepspeed")
     if w.adapters:
         raise SharderInputError(f"torchtitan export: torchtitan has no {w.mode.upper()} adapters; "
-                                f"use --target fsdp2 (with PEFT) or plan full training")
+                                f"use --to fsdp2 (with PEFT) or plan full training")
     if par.zero == 1:
         raise SharderInputError("torchtitan export: torchtitan has no ZeRO-1 (sharded optimizer only); "
                                 "plan with --zero 0 (DDP) or --zero 3 (FSDP)")
     if par.ep > 1:
-        raise SharderInputError("torchtitan export: expert parallel plans are not exported yet; use --target fsdp2")
+        raise SharderInputError("torchtitan export: expert parallel plans are not exported yet; use --to fsdp2")
     if par.offload not in ("none", "all"):
-        raise SharderInputError(f"torchtitan export: --offload {par.offload} is DeepSpeed's; use --target deepspeed")
+        raise SharderInputError(f"torchtitan export: --offload {par.offload} is DeepSpeed's; use --to deepspeed")
 
     comments = [f"torchtitan job for the sharder plan: {v.summary} ({v.model_name})",
                 f"launch on {par.world_size} GPUs: NGPU={par.world_size} CONFIG_FILE=<this file> ./run_train.sh"]

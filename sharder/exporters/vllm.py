@@ -30,7 +30,7 @@ def args(plan: dict) -> tuple[list[str], dict[str, str], list[str]]:
     if w.training:
         raise SharderInputError(
             f"vllm export needs an inference plan; this plan is --mode {w.mode} "
-            f"(try --target deepspeed, torchtitan or fsdp2)")
+            f"(try --to deepspeed, torchtitan or fsdp2)")
     if par.zero == 3 and par.dp > 1:
         raise SharderInputError(
             f"vllm export: ZeRO-3 sharded inference over {par.dp} ranks has no vLLM equivalent "

@@ -1,0 +1,333 @@
+"""The Ray executor (sharder.cluster.executor): real multi-rank gloo runs of a tiny Llama in Ray actors,
+measured against the plan's prediction and against the fake-tensor referee; faults; clean-up.
+
+One local Ray for the module (2 logical A100-80 GPUs + 8 logical CPUs on this machine); `run_plan`
+attaches to it. Each strategy runs once (cached) and is checked twice:
+* measured == referee (`simulate_rank`, fake tensors): the executor counts the referee's way, so they
+  must agree (to the byte today; the check allows 0.5 % on the quietest step, 5 % on the peak over
+  steps, see test_strategy_measured_matches_referee);
+* measured vs predicted within TOLERANCE (3 %, run_plan's default): the cost model's accuracy. Where the
+  cost model misses today the test is xfail (not strict) with the miss written in the reason.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+pytest.importorskip("ray")
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from sharder.cost_model import estimate  # noqa: E402
+from sharder.errors import SharderInputError  # noqa: E402
+from sharder.model_loader import load_model  # noqa: E402
+from sharder.parallel import ParallelConfig  # noqa: E402
+from sharder.plan_file import Plan  # noqa: E402
+from sharder.pool_spec import parse_gpus  # noqa: E402
+from sharder.workload import Workload  # noqa: E402
+
+TOLERANCE = 0.03
+REFEREE_TOLERANCE = 0.005
+LATE_RELEASE_TOLERANCE = 0.05
+STEPS = 2
+
+TRAIN = Workload(mode="train", batch=2, seq=32, precision="32-true")
+TRAIN_MB2 = Workload(mode="train", batch=2, seq=32, micro_batches=2, precision="32-true")
+
+# name -> (parallel, workload, pool). tp2 runs on logical A100-80s (GPU bundles, no CUDA: CPU tensors,
+# compared with the tensor part of the prediction).
+STRATEGIES = {
+    "fsdp2": (ParallelConfig(dp=2, zero=3), TRAIN, "2xcpu"),
+    "tp2": (ParallelConfig(tp=2), TRAIN, "2xA100-80"),
+    "dp2xtp2": (ParallelConfig(dp=2, tp=2, zero=3), TRAIN, "4xcpu"),
+    "pp2-gpipe": (ParallelConfig(pp=2, schedule="gpipe"), TRAIN_MB2, "2xcpu"),
+}
+
+# Cost-model misses measured on this machine (torch 2.13.0+cpu, transformers 5.24), tiny-llama,
+# batch 2 x seq 32, fp32, with the cost model as it stood when this was written (it is being worked on;
+# an XPASS means it caught up): error_pct = 100 * (measured - predicted) / predicted.
+PREDICTION_MISSES = {
+    "fsdp2": "cost model under-predicts every rank by 4.76 % (measured 1,813,532 B vs 1,731,100 B)",
+    "pp2-gpipe": "cost model under-predicts stage 0 by 5.16 % (measured 1,080,680 B vs 1,027,688 B); "
+                 "stage 1 is within 1.70 % (1,212,920 B vs 1,192,700 B)",
+}
+
+# Where a real gloo run and the fake-tensor referee differ (a referee gap, not an executor bug).
+REFEREE_MISSES = {
+    "pp2-gpipe": "over real gloo each stage also holds the in-flight p2p send of one micro-batch until the "
+                 "schedule waits on it (stage 0: its output activation, stage 1: its input gradient; 8,192 B "
+                 "each here: 1,080,680 vs 1,072,488 B and 1,212,920 vs 1,204,728 B); under the fake process "
+                 "group a send completes at once, so the referee does not see it",
+}
+
+
+def make_plan(parallel: ParallelConfig, workload: Workload, gpus: str) -> dict:
+    model = load_model("tiny-llama")
+    cluster = parse_gpus(gpus)
+    return Plan(model=model, workload=workload, parallel=parallel, cluster=cluster,
+                ranks=estimate(model, workload, parallel, cluster)).to_dict()
+
+
+def leftovers() -> tuple[list[str], list[str]]:
+    """(alive actor ids, placement groups not removed) of the connected Ray."""
+    from ray.util import placement_group_table
+
+    from sharder.cluster.executor import live_actor_states
+
+    deadline = time.monotonic() + 10
+    while True:
+        actors = [a for a, state in live_actor_states().items() if state != "DEAD"]
+        groups = [g for g, info in placement_group_table().items() if info["state"] != "REMOVED"]
+        if (not actors and not groups) or time.monotonic() > deadline:
+            return actors, groups
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    from sharder.cluster.pool import local_ray
+
+    with local_ray(parse_gpus("2xA100-80"), num_cpus=8) as nodes:
+        yield nodes
+
+
+_RUNS: dict[str, tuple[dict, dict, float]] = {}
+
+
+def run_strategy(name: str) -> tuple[dict, dict, float]:
+    """(plan, result, wall seconds), run once per module."""
+    from sharder.cluster.executor import run_plan
+
+    if name not in _RUNS:
+        plan = make_plan(*STRATEGIES[name])
+        t0 = time.perf_counter()
+        result = run_plan(plan, steps=STEPS, timeout_s=300, tolerance=TOLERANCE)
+        _RUNS[name] = (plan, result, time.perf_counter() - t0)
+    return _RUNS[name]
+
+
+def referee_peak(name: str, rank: int) -> int:
+    from sharder.cluster.simulate import simulate_rank
+
+    parallel, workload, _ = STRATEGIES[name]
+    return simulate_rank(load_model("tiny-llama"), workload, parallel, rank).peak_bytes
+
+
+# ------------------------------------------------------------------ strategies
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_strategy_runs(pool, name):
+    plan, result, _ = run_strategy(name)
+    ranks = result["ranks"]
+    assert [r["status"] for r in ranks] == ["ok"] * len(plan["ranks"]), [r["error"] for r in ranks]
+    assert result["launch_overhead_s"] and result["launch_overhead_s"] > 0
+    assert result["ray"] == "attached"
+    for row in ranks:
+        assert row["measured_peak_allocated_bytes"] > 0
+        assert row["step_time_s"] > 0 and row["tokens_per_s"] > 0
+        assert row["last_loss"] is None or 0 < row["last_loss"] < 20  # finite: rotary rebuilt
+        assert row["measured_layers"] == row["layers"]
+        assert row["compared_with"] == "peak_tensor_bytes"
+        assert row["measured_rss_bytes"] is None or row["measured_rss_bytes"] > row["measured_peak_allocated_bytes"]
+    assert ranks[-1]["last_loss"] is not None  # the last rank holds the head (and the loss)
+    assert not any(leftovers())
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.xfail(reason=REFEREE_MISSES[n], strict=False)) if n in REFEREE_MISSES
+    else n for n in STRATEGIES])
+def test_strategy_measured_matches_referee(pool, name):
+    """One rank of each pipeline stage against simulate_rank (fake tensors, same tracker).
+
+    The quietest measured step must match (REFEREE_TOLERANCE); the peak over steps may sit a little
+    higher (LATE_RELEASE_TOLERANCE): over real gloo one step's peak now and then sits higher (seen once
+    in ~40 FSDP2 steps: +49,664 B, +2.7 %, on one rank; probably a collective's buffers released late
+    by the gloo thread)."""
+    _, result, _ = run_strategy(name)
+    assert all(r["status"] == "ok" for r in result["ranks"])
+    parallel = STRATEGIES[name][0]
+    for row in {parallel.coords(r["rank"])[0]: r for r in result["ranks"]}.values():
+        expected = referee_peak(name, row["rank"])
+        quietest, peak = min(row["measured_step_peaks_bytes"]), row["measured_peak_allocated_bytes"]
+        assert abs(quietest - expected) <= REFEREE_TOLERANCE * expected, (row["rank"], quietest, expected)
+        assert expected <= peak <= (1 + LATE_RELEASE_TOLERANCE) * expected, (row["rank"], peak, expected)
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.xfail(reason=PREDICTION_MISSES[n], strict=False)) if n in PREDICTION_MISSES
+    else n for n in STRATEGIES])
+def test_strategy_prediction_within_tolerance(pool, name):
+    plan, result, _ = run_strategy(name)
+    errors = {r["rank"]: r["error_pct"] for r in result["ranks"]}
+    assert all(r["status"] == "ok" for r in result["ranks"])
+    assert all(abs(e) <= 100 * TOLERANCE for e in errors.values()), errors
+    assert result["ok"]
+
+
+def test_gpu_ranks_get_logical_gpus(pool):
+    _, result, _ = run_strategy("tp2")
+    assert all(r["gpu"] == "A100-80" and r["device"] == "cpu" for r in result["ranks"])
+    assert len({r["ray_node_id"] for r in result["ranks"]}) == 1
+
+
+# ------------------------------------------------------------------ faults
+
+
+@pytest.mark.parametrize("kind,status,timeout_s", [("raise", "error", 300), ("kill", "lost", 300),
+                                                    ("hang", "timeout", 20)])
+def test_fault_is_reported_and_cleaned_up(pool, kind, status, timeout_s):
+    from sharder.cluster.executor import run_plan
+
+    plan = make_plan(*STRATEGIES["fsdp2"])
+    result = run_plan(plan, steps=1, timeout_s=timeout_s, inject_fault={"rank": 1, "kind": kind})
+    by_rank = {r["rank"]: r for r in result["ranks"]}
+    assert not result["ok"]
+    assert result["failed_rank"] == 1, result["error"]
+    assert by_rank[1]["status"] == status and by_rank[1]["error"]
+    assert by_rank[0]["status"] != "ok" and by_rank[0]["error"]
+    if kind == "raise":
+        assert "injected fault on rank 1" in by_rank[1]["error"]
+        assert by_rank[0]["status"] == "stopped"
+    actors, groups = leftovers()
+    assert actors == [] and groups == []
+
+
+def test_pool_too_small_fails_before_anything_starts(pool):
+    from sharder.cluster.executor import live_actor_states, run_plan
+
+    before = set(live_actor_states())
+    plan = make_plan(ParallelConfig(dp=4, zero=3), TRAIN, "4xA100-80")
+    with pytest.raises(SharderInputError, match=r"cannot hold the plan: plan node 0 needs 4xA100-80") as exc:
+        run_plan(plan)
+    assert "\n" not in str(exc.value)
+    assert set(live_actor_states()) == before
+    assert leftovers() == ([], [])
+
+
+def test_master_port_in_use_is_one_line(pool):
+    from sharder.cluster.executor import run_plan
+
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        with pytest.raises(SharderInputError, match=f"port {port} .* is in use"):
+            run_plan(make_plan(*STRATEGIES["fsdp2"]), master_port=port)
+    assert leftovers() == ([], [])
+
+
+def test_plan_every_rank_refuses_is_input_error(pool):
+    from sharder.cluster.executor import run_plan
+
+    plan = make_plan(*STRATEGIES["fsdp2"])
+    plan["model"]["hf_config"] = {}
+    with pytest.raises(SharderInputError, match="has no hf_config"):
+        run_plan(plan, steps=1, timeout_s=120)
+    assert leftovers() == ([], [])
+
+
+def test_bad_fault_kind_is_input_error():
+    from sharder.cluster.executor import run_plan
+
+    with pytest.raises(SharderInputError, match="inject_fault kind"):
+        run_plan(make_plan(*STRATEGIES["fsdp2"]), inject_fault={"rank": 0, "kind": "explode"})
+
+
+# ------------------------------------------------------------------ the `sharder run` command
+
+
+def test_cli_run_prints_per_rank_json_and_exit_code(pool, capsys):
+    import json
+
+    from sharder.cli import main
+
+    rc = main(["run", "--model", "tiny-llama", "--gpus", "2xA100-80", "--tp", "2", "--mode", "train",
+               "--batch", "2", "--seq", "32", "--precision", "32-true", "--steps", "1", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert [r["status"] for r in out["ranks"]] == ["ok", "ok"], out["error"]
+    assert rc == (0 if out["ok"] else 1)
+    assert all(r["measured_peak_allocated_bytes"] > 0 and r["error_pct"] is not None for r in out["ranks"])
+    assert leftovers() == ([], [])
+
+
+def test_cli_run_refuses_a_plan_that_does_not_fit(capsys):
+    from sharder.cli import main
+
+    rc = main(["run", "--model", "llama-70b", "--gpus", "1xA100-80", "--mode", "train"])
+    err = capsys.readouterr()
+    assert rc == 1
+    assert "does not fit" in err.out + err.err and "Traceback" not in err.out + err.err
+
+
+# ------------------------------------------------------------------ without Ray
+
+
+def test_run_rank_in_process_world_size_one():
+    """A GPU machine without Ray calls run_rank directly; one rank over gloo in this process."""
+    from sharder.cluster.rank_worker import run_rank
+
+    plan = make_plan(ParallelConfig(), TRAIN, "1xcpu")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = run_rank(plan, 0, 1, "127.0.0.1", port, steps=1, device="cpu")
+    predicted = plan["ranks"][0]["peak_tensor_bytes"]
+    assert out["measured_peak_allocated_bytes"] == referee_peak_plain(ParallelConfig(), TRAIN, 0)
+    assert abs(out["measured_peak_allocated_bytes"] - predicted) <= TOLERANCE * predicted
+    assert out["step_time_s"] > 0 and out["layers"] == [0, 2]
+
+
+def test_run_rank_one_rank_on_fake_process_group():
+    from sharder.cluster.rank_worker import run_rank
+
+    parallel = ParallelConfig(dp=2, tp=2, zero=3)
+    plan = make_plan(parallel, TRAIN, "4xcpu")
+    out = run_rank(plan, 3, 4, steps=1, device="cpu", fake_pg=True)
+    assert out["fake_pg"] and out["rank"] == 3
+    assert out["measured_peak_allocated_bytes"] == referee_peak_plain(parallel, TRAIN, 3)
+
+
+def referee_peak_plain(parallel, workload, rank) -> int:
+    from sharder.cluster.simulate import simulate_rank
+
+    return simulate_rank(load_model("tiny-llama"), workload, parallel, rank).peak_bytes
+
+
+# ------------------------------------------------------------------ DeepSpeed
+
+
+DS_ZERO2 = (ParallelConfig(framework="deepspeed", dp=2, zero=2), TRAIN, "2xcpu")
+
+
+def run_deepspeed() -> tuple[dict, dict]:
+    from sharder.cluster.executor import run_plan
+
+    if "deepspeed" not in _RUNS:
+        plan = make_plan(*DS_ZERO2)
+        _RUNS["deepspeed"] = (plan, run_plan(plan, steps=1, timeout_s=600), 0.0)
+    return _RUNS["deepspeed"][:2]
+
+
+@pytest.mark.deepspeed
+def test_deepspeed_zero2_runs(pool):
+    """First run compiles DeepSpeed's CPU communication extension (~2 min); later runs ~20 s."""
+    _, result = run_deepspeed()
+    assert [r["status"] for r in result["ranks"]] == ["ok", "ok"], result["error"]
+    assert all(r["measured_peak_allocated_bytes"] > 0 for r in result["ranks"])
+    assert leftovers() == ([], [])
+
+
+@pytest.mark.deepspeed
+@pytest.mark.xfail(strict=False, reason=(
+    "DeepSpeed 0.19 ZeRO-2 allocates its reduce bucket at the full reduce_bucket_size (5e8 elements: "
+    "2,000,000,000 B in fp32) in the first backward; the cost model caps the bucket at the parameter count, "
+    "so it predicts 2,199,432 B against 2,001,747,928 B measured"))
+def test_deepspeed_zero2_prediction_within_tolerance(pool):
+    _, result = run_deepspeed()
+    assert all(r["status"] == "ok" for r in result["ranks"])
+    errors = [r["error_pct"] for r in result["ranks"]]
+    assert all(abs(e) <= 100 * TOLERANCE for e in errors), errors

@@ -53,12 +53,31 @@ def layernorm_saved(h: float, c: int, output_saved: bool = True) -> float:
     return 2 * c + (c * h if output_saved else 0)
 
 
+def autocast_norm_extra(m: ModelSpec, h: float, c: int, readers: int) -> float:
+    """What a Llama-style RMSNorm keeps beyond `rmsnorm_saved` under torch.autocast: the residual stream
+    is fp32, so the normalized product is kept in fp32 (not c), and every Linear that reads the fp32
+    output makes and keeps its own c-byte cast (autocast caches casts of weights, not of activations)."""
+    # Gemma keeps it in fp32 anyway; LayerNorm saves no normalized product
+    normalized = 0 if (m.model_type == "gemma2" or m.norm_with_bias) else (FP32 - c) * h
+    return normalized + (readers - 1) * c * h
+
+
+def attention_readers(m: ModelSpec) -> int:
+    return 1 if (m.fused_qkv or m.model_type == "falcon") else 3
+
+
+def mlp_readers(m: ModelSpec) -> int:
+    return 2 if (m.mlp_gated and not m.fused_gate_up and not m.is_moe) else 1
+
+
 def decoder_layer_saved_per_token(m: ModelSpec, c: int, tp: int = 1, sp: bool = False,
                                   attention: str = "sdpa", seq: int = 0, lora_rank: int = 0,
-                                  lora_targets: tuple[str, ...] = ()) -> float:
+                                  lora_targets: tuple[str, ...] = (), autocast: bool = False) -> float:
     """Bytes autograd keeps per token for one decoder layer in training (no checkpointing).
 
-    `seq` matters only for eager attention (its scores are seq × seq per head).
+    `seq` matters only for eager attention (its scores are seq × seq per head). `autocast`: bf16-mixed
+    under torch.autocast (fp32 parameters, fp32 residual stream); the layer's weight casts are counted by
+    `autocast_weight_copies`.
     """
     s = layer_shape(m, tp, sp)
     split = s.t if sp else 1  # with SP the norms see 1/t of the tokens; their outputs are all-gathered
@@ -81,6 +100,10 @@ def decoder_layer_saved_per_token(m: ModelSpec, c: int, tp: int = 1, sp: bool = 
     else:
         total += 2 * c * s.f  # up (saved by GELU), GELU output (saved by down)
     total += c * lora_rank * len(lora_targets)  # each adapted Linear's A output, saved by B
+    if autocast and c != FP32 and not sp:
+        total += autocast_norm_extra(m, s.h, c, attention_readers(m)) + autocast_norm_extra(m, s.h, c, mlp_readers(m))
+        if m.norm_with_bias:  # the shared LayerNorm input is the fp32 residual; mean and rstd in fp32
+            total += (FP32 - c) * s.h + 2 * 2 * (FP32 - c)
     return total
 
 
@@ -142,9 +165,37 @@ def mlp_backward_transient_per_token(m: ModelSpec, c: int, tp: int = 1) -> float
     return c * (s.h + s.f)
 
 
-def head_saved_per_token(m: ModelSpec, c: int, vocab_local: int, sp: bool = False, tp: int = 1) -> float:
+def layer_backward_end_per_token(m: ModelSpec, c: int, tp: int = 1, sp: bool = False) -> list[tuple[float, float]]:
+    """(forward tensors, gradients) per token alive at the two candidate peaks that end a layer's backward.
+
+    1. The input-gradient sum of the projections that read the input norm's output (q, k and v, or one
+       fused qkv): the norm's saved tensors and its output, next to the residual's gradient and one
+       gradient per reader.
+    2. Inside the input norm's backward: only its fp32 input is left; RMSNorm computed in fp32 for a
+       16-bit model holds five fp32 gradients (the cast-back, rstd and pow paths) next to one 16-bit
+       gradient (the residual's); the fused LayerNorm kernel holds its gradient in and out.
+    The input norm's weight gradient is counted by the caller (made in 2, not yet in 1).
+    """
+    h = m.hidden_size / (tp if sp else 1)
+    readers = 1 if (m.fused_qkv or m.model_type == "falcon") else 3
+    if m.norm_with_bias:
+        saved = c * h + layernorm_saved(h, c, output_saved=True)
+        return [(saved, c * h * (1 + readers)), (c * h + 2 * c, 3 * c * h)]
+    if m.model_type == "gemma2":
+        saved = gemma_rmsnorm_saved(h, c, output_saved=True)
+    else:
+        saved = rmsnorm_saved(h, c, output_saved=True)
+    inside = 5 * FP32 * h + c * h if c != FP32 else 4 * FP32 * h
+    return [(saved, c * h * (1 + readers)), (FP32 * h, inside)]
+
+
+def head_saved_per_token(m: ModelSpec, c: int, vocab_local: int, sp: bool = False, tp: int = 1,
+                         autocast: bool = False) -> float:
     """The final norm, the head's input and the fp32 log-softmax the loss keeps."""
     h, split = m.hidden_size, (tp if sp else 1)
+    if autocast and c != FP32 and not sp:
+        return (head_saved_per_token(m, c, vocab_local, sp, tp) + autocast_norm_extra(m, h, c, 1)
+                + ((FP32 - c) * h if m.norm_with_bias else 0))
     gathered = c * h if sp else 0
     if m.model_type == "gemma2":
         total = gemma_rmsnorm_saved(h, c, output_saved=not sp) / split + gathered

@@ -186,18 +186,24 @@ def _training_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: i
     tokens = mbs * w.seq
     vocab_local = _vocab_local(model, par)
     lora_targets = w.lora_targets if w.adapters else ()
+    autocast = uses_autocast(w, par)
     full_layer = act.decoder_layer_saved_per_token(model, c, par.tp, par.sp, w.attention, w.seq,
-                                                   w.lora_rank if w.adapters else 0, lora_targets) * tokens
+                                                   w.lora_rank if w.adapters else 0, lora_targets, autocast) * tokens
+    if autocast:  # every Linear keeps its weight's cast (cached by autocast) for its input gradient
+        full_layer += sum(t.numel for t in layer if len(t.shape) >= 2) * c
     layer_input = act.layer_input_per_token(model, c, par.tp, par.sp) * tokens
     saved_layer = activation_checkpointing.saved_per_layer(int(full_layer), int(layer_input), w.ac)
     recompute = activation_checkpointing.recompute_extra(int(full_layer), int(layer_input), w.ac)
-    head_saved = (int(act.head_saved_per_token(model, c, vocab_local, par.sp, par.tp) * tokens)
+    head_saved = (int(act.head_saved_per_token(model, c, vocab_local, par.sp, par.tp, autocast) * tokens)
                   + act.LOSS_SCALARS) if last else 0
+    if last and autocast:
+        head_saved += sum(t.numel for t in edges if t.block == "head") * c
     loss_parallel = par.tp > 1 and par.tp_layout == "megatron"
     loss_temp = int(act.loss_backward_temporaries_per_token(vocab_local, loss_parallel) * tokens) if last else 0
     if last and loss_parallel:
         head_saved += act.LOSS_PARALLEL_SAVED_PER_TOKEN * tokens + 4
-    rotary = act.rotary_bytes(model, w.seq, c) + act.attention_mask_bytes(model, mbs, w.seq)
+    # cos/sin take the embedding output's dtype: fp32 under autocast
+    rotary = act.rotary_bytes(model, w.seq, act.FP32 if autocast else c) + act.attention_mask_bytes(model, mbs, w.seq)
     acts_mb = n_layers * saved_layer + head_saved + rotary + act.norm_constant_bytes(model, n_layers, last)
     if not first and n_layers and c == 4 and w.ac == "none":
         # a later pipeline stage's first RMSNorm saves its fp32 input, which is the receive buffer itself
@@ -279,6 +285,27 @@ def _training_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: i
                comm_buffers=comm_persistent + root_unsharded + all_layers_unsharded
                + (0 if par.zero == 2 else layer_unsharded) + (layer_ag if n_layers > 1 and par.zero == 3 else 0)
                + layer_rs)
+        # the end of a layer's backward (its input norm), before its post-backward: all of its gradients
+        # unsharded next to the head's, its own and the next layer's (prefetched) parameters, and the
+        # previous layer's reduce-scatter input, which FSDP2 frees only at this layer's reduce-scatter
+        ends = act.layer_backward_end_per_token(model, c, par.tp, par.sp)
+        norm_w = model.hidden_size * unshard_bytes  # the input norm's weight gradient, made in the norm
+        for k in sorted({0, min(1, n_layers - 1), max(0, n_layers - 2), n_layers - 1}):
+            for i, (end_act, end_temp) in enumerate(ends):
+                if w.ac == "full":  # the recomputed layer's tensors are made in the backward
+                    kept = layer_input
+                    end_temp, end_act = end_temp + max(0, end_act * tokens - layer_input) / tokens, 0
+                else:
+                    kept = 0
+                moment(f"backward (layer {layer_range[0] + k} end)",
+                       gradients=(n_layers - 1 - k) * grad_layer,
+                       activations=k * saved_layer + kept + int(end_act * tokens) + rotary + loss_scalar
+                       + kept_outputs + act.norm_constant_bytes(model, k, False),
+                       temporaries=(head_grads if last else 0) + layer_grad_unsharded - (norm_w if i == 0 else 0)
+                       + int(end_temp * tokens) + (0 if last else hidden_grad),
+                       comm_buffers=comm_persistent + root_unsharded + all_layers_unsharded
+                       + (0 if par.zero == 2 else layer_unsharded) + (layer_ag if k > 0 and par.zero == 3 else 0)
+                       + (layer_rs if k < n_layers - 1 else 0))
         moment("backward (first layer reduce-scatter)",
                gradients=n_layers * grad_layer + (head_grads if last else 0),
                activations=loss_scalar + kept_outputs, temporaries=hidden_grad,
@@ -301,6 +328,13 @@ def _training_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: i
     if fsdp_on and shard == 1:
         notes.append("FSDP over one rank shards nothing")
     return {k: int(v) for k, v in peak.items()}, phase, host, tuple(notes)
+
+
+def uses_autocast(w: Workload, par: ParallelConfig) -> bool:
+    """bf16-mixed training outside FSDP2 runs under torch.autocast (FSDP2 casts through its
+    MixedPrecisionPolicy; DeepSpeed's bf16 keeps 16-bit weights)."""
+    return (w.training and w.precision == "bf16-mixed" and par.framework == "torch"
+            and not par.zero >= 2)
 
 
 def _input_bytes(w: Workload, first: bool, last: bool = True) -> int:

@@ -60,7 +60,7 @@ def used_strategies(workload, par, model) -> list[str]:
 def verified_map(workload, par, model, gpu) -> dict[str, bool]:
     """Per category: True when a referee (sharder verify) checks it for this plan."""
     plan_ok = all(STRATEGIES[s].VERIFIED for s in used_strategies(workload, par, model))
-    if model.is_moe or workload.ac == "selective" or _autocast(workload, par):
+    if model.is_moe or workload.ac == "selective":
         plan_ok = False
     out = {}
     for cat in CATEGORY_NAMES:
@@ -78,15 +78,8 @@ def unverified_parts(workload, par, model, gpu) -> list[str]:
         parts.append("MoE routing (uniform routing assumed)")
     if workload.ac == "selective":
         parts.append("selective checkpointing")
-    if _autocast(workload, par):
-        parts.append("bf16-mixed without FSDP (autocast's weight-cast cache is not modelled)")
     if par.offload != "none" and gpu.is_cpu:
         parts.append("offload on a CPU-only host")
     if not gpu.is_cpu:
         parts.append("GPU device constants (CUDA context, NCCL, fragmentation; not yet calibrated)")
     return parts
-
-
-def _autocast(workload, par) -> bool:
-    """bf16-mixed outside FSDP2 means torch.autocast, which the referee does not run."""
-    return workload.training and workload.precision == "bf16-mixed" and not (par.framework == "torch" and par.zero >= 2)

@@ -26,10 +26,6 @@ TOLERANCE_PCT = 3.0
 
 # name -> reason (measured error and the category that carries it; benchmarks/results/accuracy.md has the rest)
 KNOWN_MISSES: dict[str, str] = {
-    "tiny-llama-single-bf16mixed": (
-        "-13.66%: activations predicted 1,661,960 B vs simulated 2,210,824 B (-548,864 B) at the backward "
-        "peak; the prediction equals the bf16-true figure (which the referee matches exactly), while "
-        "bf16-mixed without FSDP runs under CPU autocast and saves more"),
     "tiny-llama-lora-fsdp2-fp32": (
         "+27.26%: activations predicted 2,849,800 B vs simulated 1,996,808 B (+852,992 B); predicted peak at "
         "loss backward, simulated in the FSDP backward (LoRA activations are over-predicted, as in "

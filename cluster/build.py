@@ -21,6 +21,7 @@ from sharder.errors import SharderInputError
 from sharder.model_spec import ModelSpec
 from sharder.parallel import ParallelConfig
 from sharder.workload import Workload
+from sharder.strategies import lora
 
 
 class SimulationUnsupported(SharderInputError):
@@ -340,7 +341,7 @@ def apply_lora(model: nn.Module, workload: Workload) -> int:
     for layer in decoder_layers(model):
         for parent in list(layer.modules()):
             for name, child in list(parent.named_children()):
-                if name in workload.lora_targets and isinstance(child, nn.Linear):
+                if lora.is_target(name, workload.lora_targets) and isinstance(child, nn.Linear):
                     setattr(parent, name, LoRALinear(child, workload.lora_rank))
                     count += 1
     if not count:

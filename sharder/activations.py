@@ -70,6 +70,59 @@ def mlp_readers(m: ModelSpec) -> int:
     return 2 if (m.mlp_gated and not m.fused_gate_up and not m.is_moe) else 1
 
 
+ATTENTION_INPUTS = {"q_proj", "k_proj", "v_proj", "qkv_proj", "query_key_value", "W_pack", "c_attn"}
+ATTENTION_OUTPUTS = {"o_proj", "dense", "out_proj", "c_proj"}
+MLP_INPUTS = {"gate_proj", "up_proj", "gate_up_proj", "dense_h_to_4h", "fc1", "w1", "w3", "c_fc"}
+MLP_OUTPUTS = {"down_proj", "dense_4h_to_h", "fc2", "w2"}
+
+
+def frozen_base_unsaved(m: ModelSpec, s: Shape, c: int, targets) -> float:
+    """What full training saves per token that a frozen base model (LoRA) does not: a Linear whose weight is
+    frozen keeps no input (only an adapted one does, through its lora_A), and a norm with a frozen weight
+    keeps no normalized product. SiLU, the gated product, attention and the norms' inputs are unchanged."""
+    targets = set(targets)
+    out = 0.0
+    if m.model_type == "gemma2":
+        out += 4 * FP32 * s.h  # the fp32 normalized product of all four norms
+    elif not m.norm_with_bias:
+        out += 2 * c * s.h
+    if m.qk_norm == "head":
+        out += c * (s.q + s.kv)  # q_norm / k_norm: their normalized products
+    if not targets & ATTENTION_INPUTS:
+        out += c * s.h
+    if not targets & MLP_INPUTS and not m.is_moe:
+        out += c * s.h
+    if not targets & ATTENTION_OUTPUTS and (m.fused_qkv or m.model_type == "falcon"):
+        out += c * s.q  # o_proj's input copy
+    if not targets & MLP_OUTPUTS and not m.is_moe:
+        out += c * s.f  # down's input (the gated product, or the GELU output)
+    return out
+
+
+def frozen_edges_unsaved(m: ModelSpec, c: int, first: bool, last: bool, targets=()) -> float:
+    """Per token, what a frozen base model (LoRA) does not save at its edges: the final norm's normalized
+    product and its output (the frozen head keeps no input), and in the first layer the input norm's
+    fp32 input and rstd (the frozen embedding's output needs no gradient). With a parallel residual
+    (GPT-NeoX, Falcon) the first layer's LayerNorms save nothing, and without an adapted MLP input its
+    whole MLP branch needs no gradient (GELU keeps no input)."""
+    out = 0.0
+    h = m.hidden_size
+    if last:
+        if m.model_type == "gemma2":
+            out += FP32 * h + c * h
+        elif not m.norm_with_bias:
+            out += 2 * c * h
+        else:
+            out += c * h
+    if first and not m.norm_with_bias:
+        out += FP32 * h + FP32
+    elif first:
+        out += c * h + 2 * 2 * c
+        if not set(targets) & MLP_INPUTS and not m.mlp_gated and not m.is_moe:
+            out += c * m.intermediate_size
+    return out
+
+
 def decoder_layer_saved_per_token(m: ModelSpec, c: int, tp: int = 1, sp: bool = False,
                                   attention: str = "sdpa", seq: int = 0, lora_rank: int = 0,
                                   lora_targets: tuple[str, ...] = (), autocast: bool = False) -> float:
@@ -99,8 +152,16 @@ def decoder_layer_saved_per_token(m: ModelSpec, c: int, tp: int = 1, sp: bool = 
         total += 4 * c * s.f  # gate (or fused gate_up: 2f), act(gate), up, act*up
     else:
         total += 2 * c * s.f  # up (saved by GELU), GELU output (saved by down)
-    total += c * lora_rank * len(lora_targets)  # each adapted Linear's A output, saved by B
-    if autocast and c != FP32 and not sp:
+    if lora_rank and lora_targets:
+        total += c * lora_rank * len(lora_targets) - frozen_base_unsaved(m, s, c, lora_targets)
+    if autocast and c != FP32 and not sp and lora_rank and lora_targets:
+        # frozen norms keep no normalized product; only adapted Linears keep (their lora_A's) cast input
+        for group in (ATTENTION_INPUTS, MLP_INPUTS):
+            adapted = len(set(lora_targets) & group)
+            total += (adapted - 1) * c * s.h if adapted else 0
+        if m.norm_with_bias:
+            total += (FP32 - c) * s.h + 2 * 2 * (FP32 - c)
+    elif autocast and c != FP32 and not sp:
         total += autocast_norm_extra(m, s.h, c, attention_readers(m)) + autocast_norm_extra(m, s.h, c, mlp_readers(m))
         if m.norm_with_bias:  # the shared LayerNorm input is the fp32 residual; mean and rstd in fp32
             total += (FP32 - c) * s.h + 2 * 2 * (FP32 - c)

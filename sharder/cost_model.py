@@ -185,7 +185,11 @@ def _training_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: i
     mbs = w.micro_batch_size
     tokens = mbs * w.seq
     vocab_local = _vocab_local(model, par)
-    lora_targets = w.lora_targets if w.adapters else ()
+    # the adapted Linears this family has (a fused qkv answers to q_proj, a fused gate_up to gate_proj)
+    lora_targets = tuple(t.name.rsplit(".", 2)[0] for t in layer if t.name.endswith(".lora_A")) if w.adapters else ()
+    if w.adapters and not lora_targets:
+        raise SharderInputError(f"--lora-targets {','.join(w.lora_targets)}: {model.name} has none of these Linears; "
+                                "try q_proj,v_proj (attention) or gate_proj,down_proj (MLP)")
     autocast = uses_autocast(w, par)
     full_layer = act.decoder_layer_saved_per_token(model, c, par.tp, par.sp, w.attention, w.seq,
                                                    w.lora_rank if w.adapters else 0, lora_targets, autocast) * tokens
@@ -194,7 +198,8 @@ def _training_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: i
     layer_input = act.layer_input_per_token(model, c, par.tp, par.sp) * tokens
     saved_layer = activation_checkpointing.saved_per_layer(int(full_layer), int(layer_input), w.ac)
     recompute = activation_checkpointing.recompute_extra(int(full_layer), int(layer_input), w.ac)
-    head_saved = (int(act.head_saved_per_token(model, c, vocab_local, par.sp, par.tp, autocast) * tokens)
+    head_saved = (int(act.head_saved_per_token(model, c, vocab_local, par.sp, par.tp, autocast and not w.adapters)
+                      * tokens)
                   + act.LOSS_SCALARS) if last else 0
     if last and autocast:
         head_saved += sum(t.numel for t in edges if t.block == "head") * c
@@ -205,6 +210,10 @@ def _training_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: i
     # cos/sin take the embedding output's dtype: fp32 under autocast
     rotary = act.rotary_bytes(model, w.seq, act.FP32 if autocast else c) + act.attention_mask_bytes(model, mbs, w.seq)
     acts_mb = n_layers * saved_layer + head_saved + rotary + act.norm_constant_bytes(model, n_layers, last)
+    if w.adapters and w.ac == "none" and not par.sp:
+        edge_unsaved = int(act.frozen_edges_unsaved(model, c, first and n_layers > 0, last, lora_targets) * tokens)
+        acts_mb -= edge_unsaved
+        head_saved -= int(act.frozen_edges_unsaved(model, c, False, last) * tokens)
     if not first and n_layers and c == 4 and w.ac == "none":
         # a later pipeline stage's first RMSNorm saves its fp32 input, which is the receive buffer itself
         acts_mb -= int(act.layer_input_per_token(model, c, par.tp, par.sp) * tokens)

@@ -92,11 +92,10 @@ def edge_local_tensors(model: ModelSpec, workload: Workload, par: ParallelConfig
 
 
 def stored_bytes(t: LocalTensor, numel: int, workload: Workload) -> int:
-    """Bytes a parameter's storage takes: quantized, or the precision's parameter dtype."""
+    """Bytes a parameter's storage takes: quantized, or the precision's parameter dtype (a frozen LoRA base
+    too: fp32 under bf16-mixed, as the referee builds it; a bf16 base is --precision bf16-true)."""
     if t.quantized:
         return quantization.quantized_bytes(numel, workload.quant)
-    if not t.trainable and workload.mode in ("lora", "qlora"):
-        return numel * workload.compute_bytes if workload.precision != "32-true" else numel * 4
     return numel * workload.param_bytes
 
 

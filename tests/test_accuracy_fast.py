@@ -26,10 +26,6 @@ TOLERANCE_PCT = 3.0
 
 # name -> reason (measured error and the category that carries it; benchmarks/results/accuracy.md has the rest)
 KNOWN_MISSES: dict[str, str] = {
-    "tiny-llama-lora-fsdp2-fp32": (
-        "+27.26%: activations predicted 2,849,800 B vs simulated 1,996,808 B (+852,992 B); predicted peak at "
-        "loss backward, simulated in the FSDP backward (LoRA activations are over-predicted, as in "
-        "llama-2-7b-L2-lora-qkvo-bf16true, +6.38%)"),
 }
 
 pytestmark = pytest.mark.filterwarnings("ignore")

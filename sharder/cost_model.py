@@ -284,6 +284,8 @@ def _training_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: i
                gradients=max(acc_steps_grads, done) + dw_down,
                activations=(act_peak - acts_mb) + saved_layer + rotary + loss_scalar,
                temporaries=recompute + mlp_transient, comm_buffers=comm_persistent)
+    elif n_layers and par.pp > 1:
+        _pipeline_fsdp_moments(moment, locals())
     elif n_layers:
         # FSDP2 post-backward of the last layer: its unsharded parameters, the next layer's
         # all-gather, the reduce-scatter input and output, the root's unsharded gradients
@@ -337,6 +339,57 @@ def _training_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: i
     if fsdp_on and shard == 1:
         notes.append("FSDP over one rank shards nothing")
     return {k: int(v) for k, v in peak.items()}, phase, host, tuple(notes)
+
+
+def _pipeline_fsdp_moments(moment, v: dict) -> None:
+    """FSDP2 inside a pipeline stage (torch.distributed.pipelining): every micro-batch's backward runs
+    without reduce-scatter and without resharding, folding each layer's gradients into unsharded
+    accumulators (the reduce dtype, fp32 under bf16-mixed); REDUCE_GRAD reduce-scatters every group at
+    the end. So the last micro-batch's backward holds every earlier micro-batch's gradients unsharded."""
+    n, k_first = v["n_layers"], v["layer_range"][0]
+    w, par, pp_i, last, first = v["w"], v["par"], v["pp_i"], v["last"], v["first"]
+    acc_bytes = 4 if v["mixed_fsdp"] else v["unshard_bytes"]
+    trainable_layer_numel = sum(t.numel for t in v["trainable_layer"])
+    trainable_edge_numel = sum(t.numel for t in v["trainable_edges"])
+    acc_layer = trainable_layer_numel * acc_bytes
+    acc_all = n * acc_layer + trainable_edge_numel * acc_bytes
+    m = w.micro_batches
+    all_unsharded = n * v["layer_unsharded"]
+    refwd = pipeline.forward_after_first_backward(par.schedule, m, par.pp, pp_i)
+    base_comm = v["comm_persistent"] + v["root_unsharded"]
+    # a forward: the in-flight micro-batches' activations; after a first backward, every accumulator
+    acc_fwd = acc_all if (refwd and m > 1) else 0
+    moment("forward (pipeline stage end)", activations=v["act_peak"] - (v["head_saved"] if last else 0)
+           + v["kept_outputs"], temporaries=acc_fwd,
+           comm_buffers=base_comm + (all_unsharded if acc_fwd else v["layer_unsharded"]))
+    # backward j of the M: the micro-batches still in flight, the accumulators made so far, and which
+    # layers are unsharded (a forward since the last backward resharded them; otherwise they all stay)
+    ends = act.layer_backward_end_per_token(v["model"], v["c"], par.tp, par.sp)
+    norm_w = v["model"].hidden_size * v["unshard_bytes"]
+    tokens = v["tokens"]
+    inflight = pipeline.in_flight_micro_batches(par.schedule, m, par.pp, pp_i)
+    for j in sorted({0, min(1, m - 1), m - 1}):
+        forwards_done = m if par.schedule == "gpipe" else min(m, j + inflight)
+        others = forwards_done - j - 1
+        forward_between = j == 0 or (par.schedule != "gpipe" and j + inflight <= m)
+        for k in sorted({0, min(1, n - 1), max(0, n - 2), n - 1}):
+            acc = acc_all if j > 0 else (n - 1 - k) * acc_layer
+            if forward_between:  # layers >= k unsharded, k - 1 prefetched
+                params = (n - k) * v["layer_unsharded"] + (v["layer_ag"] if k > 0 else 0)
+            else:
+                params = all_unsharded
+            for i, (end_act, end_temp) in enumerate(ends):
+                moment(f"backward (layer {k_first + k} end, micro-batch {j + 1} of {m})",
+                       activations=others * v["acts_mb"] + k * v["saved_layer"] + int(end_act * tokens)
+                       + v["rotary"] + v["loss_scalar"] + v["kept_outputs"],
+                       temporaries=acc + (v["head_grads"] if last else 0) + v["layer_grad_unsharded"]
+                       - (norm_w if i == 0 else 0) + int(end_temp * tokens) + (0 if last else v["hidden_grad"]),
+                       comm_buffers=base_comm + params)
+    # REDUCE_GRAD: the first group reduce-scatters while every accumulator is alive
+    moment("pipeline reduce-scatter (FSDP)", gradients=v["grad_layer"], temporaries=acc_all if m > 1 else
+           n * v["layer_grad_unsharded"] + (v["head_grads"] if last else 0) + (v["embed_grads"] if first else 0),
+           activations=v["loss_scalar"] + v["kept_outputs"],
+           comm_buffers=base_comm + all_unsharded - v["layer_unsharded"] + v["layer_rs"])
 
 
 def uses_autocast(w: Workload, par: ParallelConfig) -> bool:

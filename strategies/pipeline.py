@@ -14,6 +14,11 @@ def in_flight_micro_batches(schedule: str, micro_batches: int, stages: int, stag
     return min(micro_batches, stages - stage)
 
 
+def forward_after_first_backward(schedule: str, micro_batches: int, stages: int, stage: int) -> bool:
+    """Does the stage run a forward after its first backward? GPipe never; 1F1B when M > P - s."""
+    return schedule != "gpipe" and micro_batches > stages - stage
+
+
 def validate(schedule: str, micro_batches: int, stages: int, num_layers: int) -> None:
     if stages > num_layers:
         raise SharderInputError(f"--pp {stages} exceeds the model's {num_layers} decoder layers")

@@ -42,6 +42,9 @@ CASES = [
                                              lora_targets=("q_proj", "down_proj")), SINGLE, 0.0),
     ("lora-gpt-neox", "tiny-gpt-neox", 2, dict(mode="lora", precision="32-true", batch=2, seq=128), SINGLE, 0.0),
     ("lora-qwen3", "tiny-qwen3", 2, dict(mode="lora", precision="32-true", batch=2, seq=128), SINGLE, 0.0),
+    # FSDP2 inside pipeline stages: unsharded fp32 accumulators across micro-batches
+    ("pp2-fsdp2-1f1b-stage0", "tiny-llama", 4, dict(mode="train", precision="bf16-mixed", batch=2, seq=32,
+                                                    micro_batches=2), ParallelConfig(pp=2, dp=2, zero=3), 0.1),
     ("lora-fsdp-bf16mixed", "tiny-llama", 2, dict(mode="lora", precision="bf16-mixed", batch=2, seq=128),
      ParallelConfig(dp=2, zero=3), 0.0),
 ]

@@ -156,7 +156,23 @@ def _training_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: i
     if par.framework == "torch" and par.zero <= 1 and par.dp > 1:
         comm_persistent += data_parallel.ddp_bucket_bytes(grads, par.dp)
 
-    if par.framework == "deepspeed":
+    if par.framework == "deepspeed" and par.zero in (1, 2) and par.offload == "none":
+        # stage_1_and_2.py as DeepSpeed 0.19.8 allocates it; its `bf16` casts the model, so the flat
+        # parameters and every gradient buffer are in the model dtype (fp32 masters and states)
+        numels = [t.numel for t in all_trainable]
+        grad_bytes = 4 if w.precision == "32-true" else 2
+        states = deepspeed_zero.zero12_state_bytes(numels, par.dp, dp_i, grad_bytes, w.optimizer)
+        params, grads, optimizer = states["parameters"], states["gradients"], states["optimizer_states"]
+        # frozen parameters (LoRA's base) stay outside the flat group, cast too (not measured)
+        params += (n_layers * sum(t.numel for t in layer if not t.trainable)
+                   + sum(t.numel for t in edges if not t.trainable)) * grad_bytes
+        if par.zero == 1:  # every param.grad stays until reduce_gradients, after the backward
+            grads = sum(numels) * grad_bytes
+            grad_layer = sum(t.numel for t in trainable_layer) * grad_bytes
+        else:  # each gradient is copied into the reduce bucket as it is made
+            grad_layer = 0
+        comm_persistent += deepspeed_zero.bucket_bytes(grad_bytes)
+    elif par.framework == "deepspeed":
         states = deepspeed_zero.model_state_bytes(sum(t.numel for t in all_trainable) + 0, par.dp, par.zero,
                                                   par.offload, w.precision != "32-true")
         params, grads, optimizer = states["parameters"], states["gradients"], states["optimizer_states"]
@@ -293,9 +309,9 @@ def _training_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: i
                gradients=grad_layer + (head_grads if last else 0),
                activations=acts_no_head - saved_layer + loss_scalar + kept_outputs,
                temporaries=hidden_grad,
-               comm_buffers=comm_persistent + root_unsharded + all_layers_unsharded
-               + (0 if par.zero == 2 else layer_unsharded) + (layer_ag if n_layers > 1 and par.zero == 3 else 0)
-               + layer_rs)
+               comm_buffers=comm_persistent + root_unsharded
+               + (all_layers_unsharded - layer_unsharded if par.zero == 2 else layer_unsharded)
+               + (layer_ag if n_layers > 1 and par.zero == 3 else 0) + layer_rs)
         # the end of a layer's backward (its input norm), before its post-backward: all of its gradients
         # unsharded next to the head's, its own and the next layer's (prefetched) parameters, and the
         # previous layer's reduce-scatter input, which FSDP2 frees only at this layer's reduce-scatter
@@ -314,9 +330,23 @@ def _training_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: i
                        + kept_outputs + act.norm_constant_bytes(model, k, False),
                        temporaries=(head_grads if last else 0) + layer_grad_unsharded - (norm_w if i == 0 else 0)
                        + int(end_temp * tokens) + (0 if last else hidden_grad),
-                       comm_buffers=comm_persistent + root_unsharded + all_layers_unsharded
-                       + (0 if par.zero == 2 else layer_unsharded) + (layer_ag if k > 0 and par.zero == 3 else 0)
+                       # zero 2 keeps layers unsharded from the forward until their own backward ends
+                       comm_buffers=comm_persistent + root_unsharded
+                       + ((k + 1) * layer_unsharded if par.zero == 2 else layer_unsharded)
+                       + (layer_ag if k > 0 and par.zero == 3 else 0)
                        + (layer_rs if k < n_layers - 1 else 0))
+        # the root's post-backward at the very end: the root's unsharded gradients (cast to the reduce
+        # dtype under bf16-mixed, originals still referenced, or copied into the reduce-scatter input),
+        # every layer's sharded gradients; the root's parameters are already resharded
+        root_numel = sum(t.numel for t in trainable_edges)
+        root_grads = root_numel * unshard_bytes  # this rank's (TP-local) unsharded root gradients
+        if mixed_fsdp:
+            root_temp = root_grads + root_numel * 4
+        else:
+            root_temp = root_grads + sum(fsdp.padded_shard_numel(t.shape, shard) for t in trainable_edges) * shard * grad_bytes
+        moment("backward (root reduce-scatter)", gradients=n_layers * grad_layer,
+               activations=loss_scalar + kept_outputs, temporaries=root_temp,
+               comm_buffers=comm_persistent)
         moment("backward (first layer reduce-scatter)",
                gradients=n_layers * grad_layer + (head_grads if last else 0),
                activations=loss_scalar + kept_outputs, temporaries=hidden_grad,

@@ -28,6 +28,11 @@ CASES = [
      FSDP4, 0.0),
     ("fsdp-mid-layer-ac", "tiny-llama", 4, dict(mode="train", precision="bf16-mixed", batch=1, seq=16, ac="full"),
      FSDP4, 0.25),  # -0.195%: one 16-bit hidden gradient more in the recomputed layer
+    ("fsdp-zero2-mid-layer", "tiny-llama", 3, dict(mode="train", precision="bf16-mixed", batch=1, seq=16),
+     ParallelConfig(dp=4, zero=2), 0.0),
+    # a large vocabulary: the root's gradients cast to fp32 at its post-backward
+    ("fsdp-root-reduce-scatter", "tiny-llama:vocab8192", 2, dict(mode="train", precision="bf16-mixed", batch=1,
+                                                                 seq=16), FSDP4, 0.0),
     # bf16-mixed without FSDP runs under torch.autocast
     ("autocast-llama", "tiny-llama", 3, dict(mode="train", precision="bf16-mixed", batch=2, seq=128), SINGLE, 0.0),
     ("autocast-qwen3", "tiny-qwen3", 2, dict(mode="train", precision="bf16-mixed", batch=2, seq=128), SINGLE, 0.0),
@@ -50,9 +55,22 @@ CASES = [
 ]
 
 
+def _model(name: str):
+    """A catalog model, or `name:vocabN` for one with another vocabulary size."""
+    if ":vocab" not in name:
+        return load_model(name)
+    from sharder import model_catalog
+    from sharder.model_loader import spec_from_hf_config
+
+    base, vocab = name.split(":vocab")
+    cfg = model_catalog.catalog_config(base)
+    cfg["vocab_size"] = int(vocab)
+    return spec_from_hf_config(cfg, name)
+
+
 @pytest.mark.parametrize("name,model_name,layers,wl,par,tol", CASES, ids=[c[0] for c in CASES])
 def test_prediction_matches_referee(name, model_name, layers, wl, par, tol):
-    model = load_model(model_name).with_layers(layers)
+    model = _model(model_name).with_layers(layers)
     workload = Workload(**wl)
     predicted = estimate(model, workload, par, parse_gpus(f"{par.world_size}xcpu"))[0].peak_tensor_bytes
     simulated = simulate_rank(model, workload, par, 0).peak_bytes

@@ -172,6 +172,8 @@ def _training_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: i
         else:  # each gradient is copied into the reduce bucket as it is made
             grad_layer = 0
         comm_persistent += deepspeed_zero.bucket_bytes(grad_bytes)
+        notes.append("DeepSpeed's reduce bucket: reduce_bucket_size (5e8) elements in the model dtype, whatever "
+                     "the model's size")
     elif par.framework == "deepspeed":
         states = deepspeed_zero.model_state_bytes(sum(t.numel for t in all_trainable) + 0, par.dp, par.zero,
                                                   par.offload, w.precision != "32-true")
@@ -303,6 +305,27 @@ def _training_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: i
     elif n_layers and par.pp > 1:
         _pipeline_fsdp_moments(moment, locals())
     elif n_layers:
+        # the last layer's MLP backward under FSDP2: everything saved, the head's gradients unsharded, the
+        # layer's own parameters and the next one's prefetched all-gather
+        moment("backward (last layer MLP)",
+               gradients=acc_steps_grads,
+               activations=acts_no_head + loss_scalar + kept_outputs,
+               temporaries=(head_grads if last else 0) + dw_down + recompute + mlp_transient
+               + (0 if last else hidden_grad),
+               comm_buffers=comm_persistent + root_unsharded
+               + (all_layers_unsharded if par.zero == 2 else layer_unsharded)
+               + (layer_ag if n_layers > 1 and par.zero == 3 else 0))
+        # an earlier layer's MLP backward (with checkpointing: right after its recompute)
+        for k in sorted({0, min(1, n_layers - 1), max(0, n_layers - 2)} - {n_layers - 1}):
+            moment(f"backward (layer {layer_range[0] + k} MLP)",
+                   gradients=(n_layers - 1 - k) * grad_layer,
+                   activations=(k + 1) * saved_layer + rotary + loss_scalar + kept_outputs
+                   + act.norm_constant_bytes(model, k + 1, False),
+                   temporaries=(head_grads if last else 0) + dw_down + recompute + mlp_transient
+                   + (0 if last else hidden_grad),
+                   comm_buffers=comm_persistent + root_unsharded
+                   + ((k + 1) * layer_unsharded if par.zero == 2 else layer_unsharded)
+                   + (layer_ag if k > 0 and par.zero == 3 else 0) + layer_rs)
         # FSDP2 post-backward of the last layer: its unsharded parameters, the next layer's
         # all-gather, the reduce-scatter input and output, the root's unsharded gradients
         moment("backward (last layer reduce-scatter)",

@@ -28,6 +28,11 @@ CASES = [
      FSDP4, 0.0),
     ("fsdp-mid-layer-ac", "tiny-llama", 4, dict(mode="train", precision="bf16-mixed", batch=1, seq=16, ac="full"),
      FSDP4, 0.25),  # -0.195%: one 16-bit hidden gradient more in the recomputed layer
+    # the last layer's MLP backward; with checkpointing an early layer's, right after its recompute
+    ("fsdp-last-layer-mlp", "tiny-llama", 2, dict(mode="train", precision="32-true", batch=2, seq=32),
+     ParallelConfig(dp=2, zero=3), 0.0),
+    ("fsdp-ac-early-layer-mlp", "tiny-llama", 4, dict(mode="train", precision="32-true", batch=2, seq=32, ac="full"),
+     FSDP4, 0.05),
     ("fsdp-zero2-mid-layer", "tiny-llama", 3, dict(mode="train", precision="bf16-mixed", batch=1, seq=16),
      ParallelConfig(dp=4, zero=2), 0.0),
     # a large vocabulary: the root's gradients cast to fp32 at its post-backward

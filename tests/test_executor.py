@@ -298,36 +298,127 @@ def referee_peak_plain(parallel, workload, rank) -> int:
 
 
 # ------------------------------------------------------------------ DeepSpeed
+# DeepSpeed 0.19.8 ZeRO-1/2 at its defaults (cluster/rank_worker.py `_deepspeed`): tiny-llama, 2 ranks over
+# gloo on CPU, one measured step. Its reduce bucket (5e8 elements in the model dtype, made at each
+# backward's first gradient hook) is most of every peak, so beside the whole peak the part outside the
+# bucket is compared too. `bf16` casts the model to bf16 (fp32 masters and AdamW states).
+
+TRAIN_BF16 = Workload(mode="train", batch=2, seq=32, precision="bf16-mixed")
+DEEPSPEED = {
+    "zero2": (ParallelConfig(framework="deepspeed", dp=2, zero=2), TRAIN, "2xcpu"),
+    "zero1": (ParallelConfig(framework="deepspeed", dp=2, zero=1), TRAIN, "2xcpu"),
+    "zero2-bf16": (ParallelConfig(framework="deepspeed", dp=2, zero=2), TRAIN_BF16, "2xcpu"),
+    "zero1-bf16": (ParallelConfig(framework="deepspeed", dp=2, zero=1), TRAIN_BF16, "2xcpu"),
+}
+
+# Measured on this machine (both ranks alike). The cost model adds the bucket to every moment of the step,
+# also to the loss forward/backward, where DeepSpeed has not made it yet, so its peak is the loss
+# backward (logits-sized fp32 gradients) on top of the bucket; DeepSpeed's peak is later in the backward
+# (fp32: the head's gradient hook (ZeRO-2) or the last layer's MLP backward (ZeRO-1); bf16: inside the
+# final RMSNorm's backward, five fp32 gradients), a moment the cost model lacks for torch/DeepSpeed.
+DEEPSPEED_MISSES = {
+    "zero2": "outside the bucket: predicted 1,878,992 B, measured 1,747,928 B (-6.98 %; whole peak "
+             "2,001,878,992 vs 2,001,747,928 B)",
+    "zero1": "outside the bucket: predicted 1,878,992 B, measured 1,813,464 B (-3.49 %; whole peak "
+             "2,001,878,992 vs 2,001,813,464 B)",
+    "zero2-bf16": "outside the bucket: predicted 1,401,168 B, measured 1,269,848 B (-9.37 %; whole peak "
+                  "1,001,401,168 vs 1,001,269,848 B)",
+    "zero1-bf16": "outside the bucket: predicted 1,401,168 B, measured 1,302,744 B (-7.02 %; whole peak "
+                  "1,001,401,168 vs 1,001,302,744 B)",
+}
 
 
-DS_ZERO2 = (ParallelConfig(framework="deepspeed", dp=2, zero=2), TRAIN, "2xcpu")
-
-
-def run_deepspeed() -> tuple[dict, dict]:
+def run_deepspeed(name: str) -> tuple[dict, dict]:
     from sharder.cluster.executor import run_plan
 
-    if "deepspeed" not in _RUNS:
-        plan = make_plan(*DS_ZERO2)
-        _RUNS["deepspeed"] = (plan, run_plan(plan, steps=1, timeout_s=600), 0.0)
-    return _RUNS["deepspeed"][:2]
+    key = f"deepspeed-{name}"
+    if key not in _RUNS:
+        plan = make_plan(*DEEPSPEED[name])
+        _RUNS[key] = (plan, run_plan(plan, steps=1, timeout_s=600), 0.0)
+    return _RUNS[key][:2]
+
+
+def deepspeed_bucket(name: str) -> int:
+    from sharder.strategies import deepspeed_zero
+
+    return deepspeed_zero.bucket_bytes(4 if DEEPSPEED[name][1].precision == "32-true" else 2)
+
+
+def deepspeed_case(name: str, misses: dict):
+    marks = [pytest.mark.xfail(strict=False, reason=misses[name])] if name in misses else []
+    return pytest.param(name, marks=marks, id=name)
 
 
 @pytest.mark.deepspeed
-def test_deepspeed_zero2_runs(pool):
-    """First run compiles DeepSpeed's CPU communication extension (~2 min); later runs ~20 s."""
-    _, result = run_deepspeed()
+@pytest.mark.parametrize("name", list(DEEPSPEED))
+def test_deepspeed_runs(pool, name):
+    """The first DeepSpeed run compiles its CPU communication extension (~2 min); later runs ~20 s."""
+    _, result = run_deepspeed(name)
     assert [r["status"] for r in result["ranks"]] == ["ok", "ok"], result["error"]
     assert all(r["measured_peak_allocated_bytes"] > 0 for r in result["ranks"])
     assert leftovers() == ([], [])
 
 
 @pytest.mark.deepspeed
-@pytest.mark.xfail(strict=False, reason=(
-    "DeepSpeed 0.19 ZeRO-2 allocates its reduce bucket at the full reduce_bucket_size (5e8 elements: "
-    "2,000,000,000 B in fp32) in the first backward; the cost model caps the bucket at the parameter count, "
-    "so it predicts 2,199,432 B against 2,001,747,928 B measured"))
-def test_deepspeed_zero2_prediction_within_tolerance(pool):
-    _, result = run_deepspeed()
+@pytest.mark.parametrize("name", list(DEEPSPEED))
+def test_deepspeed_prediction_within_tolerance(pool, name):
+    """The whole peak, bucket included (a bucket capped at the parameter count missed by 99.9 %)."""
+    _, result = run_deepspeed(name)
     assert all(r["status"] == "ok" for r in result["ranks"])
     errors = [r["error_pct"] for r in result["ranks"]]
     assert all(abs(e) <= 100 * TOLERANCE for e in errors), errors
+
+
+@pytest.mark.deepspeed
+@pytest.mark.parametrize("name", [deepspeed_case(n, DEEPSPEED_MISSES) for n in DEEPSPEED])
+def test_deepspeed_prediction_outside_bucket_within_tolerance(pool, name):
+    plan, result = run_deepspeed(name)
+    bucket = deepspeed_bucket(name)
+    assert all(r["status"] == "ok" for r in result["ranks"])
+    for r, pred in zip(result["ranks"], plan["ranks"]):
+        predicted, measured = pred["peak_tensor_bytes"] - bucket, r["measured_peak_allocated_bytes"] - bucket
+        assert abs(measured - predicted) <= TOLERANCE * predicted, (r["rank"], predicted, measured)
+
+
+@pytest.mark.deepspeed
+@pytest.mark.parametrize("name", list(DEEPSPEED))
+def test_deepspeed_flat_parameters_exact(pool, name):
+    """Every parameter is a view of DeepSpeed's one flat model-dtype group, replicated on every rank."""
+    plan, result = run_deepspeed(name)
+    for r, pred in zip(result["ranks"], plan["ranks"]):
+        assert r["measured_breakdown"]["parameters"] == pred["breakdown"]["parameters"]
+
+
+# tiny-llama's trainable parameters in model.parameters() order (embedding, 2 x 9 per layer, norm, head)
+TINY_LLAMA_NUMELS = [16384] + [4096, 2048, 2048, 4096, 8192, 8192, 8192, 64, 64] * 2 + [64, 16384]
+
+
+def test_deepspeed_zero12_allocations_as_measured():
+    """strategies/deepspeed_zero against the allocations seen in the runs above (2 ranks, tracked at
+    DeepSpeed's own calls): 106,816 parameters, no alignment padding, partitions of 53,408."""
+    from sharder.strategies import deepspeed_zero as ds
+
+    n = sum(TINY_LLAMA_NUMELS)
+    assert (ds.flat_numel(n, 2), ds.partition_numel(n, 2)) == (106_816, 53_408)
+    # grads_in_partition: rank 0 holds layer 1's q_proj whole, rank 1 starts 32 elements into it
+    assert [ds.gradient_partition_numel(TINY_LLAMA_NUMELS, 2, r) for r in (0, 1)] == [57_472, 53_440]
+    for model_bytes in (4, 2):
+        states = ds.zero12_state_bytes(TINY_LLAMA_NUMELS, 2, 0, model_bytes)
+        # flat group; fp32 master + exp_avg + exp_avg_sq + AdamW step + DeepSpeed's grad norm
+        assert states["parameters"] == 106_816 * model_bytes
+        assert states["optimizer_states"] == 3 * 213_632 + 8
+        assert states["gradients"] == 57_472 * model_bytes
+        # measured: bucket 2e9 / 1e9 B; its reduction +427,264 / +213,632 B; the step +640,896 B (AdamW)
+        assert ds.bucket_bytes(model_bytes) == 500_000_000 * model_bytes
+        assert ds.reduction_bytes(n, model_bytes) == n * model_bytes
+        assert sum(ds.step_moment(TINY_LLAMA_NUMELS, 2, 0, model_bytes).values()) == 640_896
+
+
+def test_deepspeed_zero12_alignment_padding():
+    """nccl_start_alignment_factor (2) x world: 3 ranks pad 106,816 to 106,818; the last rank's
+    averaged gradients end in 2 zeros."""
+    from sharder.strategies import deepspeed_zero as ds
+
+    n = sum(TINY_LLAMA_NUMELS)
+    assert (ds.flat_numel(n, 3), ds.partition_numel(n, 3)) == (106_818, 35_606)
+    assert [ds.gradient_pad_numel(TINY_LLAMA_NUMELS, 3, r) for r in range(3)] == [0, 0, 2]

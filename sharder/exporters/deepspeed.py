@@ -54,7 +54,9 @@ def config(plan: dict, *, gradient_clipping: float | None = None, lr: float | No
 
     zero: dict = {"stage": par.zero}
     if par.zero in (1, 2):
-        zero.update(reduce_bucket_size=REDUCE_BUCKET_SIZE, allgather_bucket_size=ALLGATHER_BUCKET_SIZE)
+        # one contiguous reduce bucket, as the cost model counts it (overlap_comm would add a second one)
+        zero.update(reduce_bucket_size=REDUCE_BUCKET_SIZE, allgather_bucket_size=ALLGATHER_BUCKET_SIZE,
+                    contiguous_gradients=True, overlap_comm=False)
     elif par.zero == 3:
         zero.update(reduce_bucket_size=REDUCE_BUCKET_SIZE,
                     stage3_prefetch_bucket_size=STAGE3_PREFETCH_BUCKET_SIZE,

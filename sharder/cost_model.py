@@ -153,6 +153,7 @@ def _training_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: i
     buffers = model.rotary_buffer_bytes()  # inv_freq and original_inv_freq
 
     comm_persistent = 0
+    ds_bucket = 0  # DeepSpeed ZeRO-1/2's reduce bucket: from the first gradient hook to the end of the backward
     if par.framework == "torch" and par.zero <= 1 and par.dp > 1:
         comm_persistent += data_parallel.ddp_bucket_bytes(grads, par.dp)
 
@@ -171,7 +172,7 @@ def _training_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: i
             grad_layer = sum(t.numel for t in trainable_layer) * grad_bytes
         else:  # each gradient is copied into the reduce bucket as it is made
             grad_layer = 0
-        comm_persistent += deepspeed_zero.bucket_bytes(grad_bytes)
+        ds_bucket = deepspeed_zero.bucket_bytes(grad_bytes)
         notes.append("DeepSpeed's reduce bucket: reduce_bucket_size (5e8) elements in the model dtype, whatever "
                      "the model's size")
     elif par.framework == "deepspeed":
@@ -265,6 +266,8 @@ def _training_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: i
     else:
         head_grads, embed_grads, dw_down = (x * grad_bytes for x in (head_grads, embed_grads, dw_down))
     mlp_transient = int(act.mlp_backward_transient_per_token(model, c, par.tp) * tokens)
+    if ds_bucket and par.zero == 2:
+        head_grads = 0  # ZeRO-2 copies each gradient into the bucket as it is made
     acts_no_head = act_peak - (head_saved if last else 0)
     loss_scalar = act.LOSS_SCALARS if last else 0
     hidden_grad = tokens * model.hidden_size * c
@@ -289,19 +292,32 @@ def _training_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: i
     moment("loss backward", gradients=acc_steps_grads, activations=act_peak + kept_outputs,
            temporaries=loss_temp, comm_buffers=comm_persistent + root_unsharded + all_layers_unsharded
            + (layer_ag if sharded_fsdp and par.zero == 3 else 0))
+    if ds_bucket and last:
+        # DeepSpeed's first gradient hook (the head's weight) makes the bucket while that gradient and
+        # the head's input gradient are alive; the loss has freed its fp32 log-softmax
+        head_w = sum(_grad_numel(t, par) for t in trainable_edges if t.block == "head") * grad_bytes
+        moment("backward (first gradient hook)", gradients=acc_steps_grads + head_w,
+               activations=act_peak + kept_outputs - tokens * vocab_local * act.FP32, comm_buffers=ds_bucket)
+    if ds_bucket and last and n_layers:
+        # inside the final norm's backward (as a layer's input norm, without a residual's gradient):
+        # its fp32 input and its fp32 gradients, the head's gradients made (ZeRO-1)
+        end_act, end_temp = act.layer_backward_end_per_token(model, c, par.tp, par.sp)[1]
+        moment("backward (final norm)", gradients=max(acc_steps_grads, head_grads),
+               activations=acts_no_head + loss_scalar + kept_outputs + int(end_act * tokens),
+               temporaries=int((end_temp - c * model.hidden_size) * tokens), comm_buffers=ds_bucket)
     if n_layers and not sharded_fsdp:
         # the last layer's MLP backward: activations still saved, head gradients made
         moment("backward (last layer)",
                gradients=max(acc_steps_grads, head_grads if last else 0) + dw_down,
                activations=acts_no_head + loss_scalar + kept_outputs,
                temporaries=recompute + mlp_transient + (0 if last else hidden_grad),
-               comm_buffers=comm_persistent)
+               comm_buffers=comm_persistent + ds_bucket)
         # the first layer's MLP backward: every other gradient made
         done = (n_layers - 1) * grad_layer + (head_grads if last else 0)
         moment("backward (first layer)",
                gradients=max(acc_steps_grads, done) + dw_down,
                activations=(act_peak - acts_mb) + saved_layer + rotary + loss_scalar,
-               temporaries=recompute + mlp_transient, comm_buffers=comm_persistent)
+               temporaries=recompute + mlp_transient, comm_buffers=comm_persistent + ds_bucket)
     elif n_layers and par.pp > 1:
         _pipeline_fsdp_moments(moment, locals())
     elif n_layers:
@@ -378,7 +394,7 @@ def _training_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: i
     if first and not sharded_fsdp:
         moment("backward (embedding)", gradients=grads - (grad_edges if fsdp_on else embed_grads),
                temporaries=embed_grads + tokens * model.hidden_size * c, activations=loss_scalar,
-               comm_buffers=comm_persistent)
+               comm_buffers=comm_persistent + ds_bucket)
     # the optimizer step: non-foreach AdamW keeps two temporaries of the current tensor and the
     # previous tensor's denominator
     sizes = [owned_numel(t) for t in all_trainable]  # DTensor ops run on the local shards
@@ -386,8 +402,15 @@ def _training_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: i
         step_temp = max(2 * n + (sizes[i - 1] if i else 0) for i, n in enumerate(sizes)) * pbytes
     else:
         step_temp = 0
-    moment("optimizer step", gradients=grads, temporaries=step_temp, comm_buffers=comm_persistent,
-           activations=kept_outputs + (4 if last else 0))
+    if ds_bucket:  # DeepSpeed ZeRO-1/2: the bucket's reduction, then its own optimizer step
+        numels = [t.numel for t in all_trainable]
+        moment("gradient reduction", gradients=acc_steps_grads if par.zero == 2 else 0, activations=loss_scalar,
+               temporaries=deepspeed_zero.reduction_bytes(sum(numels), grad_bytes), comm_buffers=ds_bucket)
+        moment("optimizer step", activations=kept_outputs + (4 if last else 0),
+               **deepspeed_zero.step_moment(numels, par.dp, dp_i, grad_bytes, w.optimizer))
+    else:
+        moment("optimizer step", gradients=grads, temporaries=step_temp, comm_buffers=comm_persistent,
+               activations=kept_outputs + (4 if last else 0))
     phase, peak = max(moments, key=lambda pm: sum(pm[1].values()))
     if fsdp_on and shard == 1:
         notes.append("FSDP over one rank shards nothing")

@@ -318,6 +318,17 @@ def _training_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: i
                gradients=max(acc_steps_grads, done) + dw_down,
                activations=(act_peak - acts_mb) + saved_layer + rotary + loss_scalar,
                temporaries=recompute + mlp_transient, comm_buffers=comm_persistent + ds_bucket)
+        if par.pp > 1 and w.micro_batches > 1:
+            # the last micro-batch's backward: the earlier micro-batches' gradients all made, only its
+            # own activations left
+            one_mb_acts = acts_mb - (head_saved if last else 0)
+            moment("backward (last layer, last micro-batch)",
+                   gradients=grads, activations=one_mb_acts + loss_scalar + kept_outputs,
+                   temporaries=recompute + mlp_transient + (0 if last else hidden_grad),
+                   comm_buffers=comm_persistent + ds_bucket)
+            moment("backward (first layer, last micro-batch)",
+                   gradients=grads, activations=saved_layer + rotary + loss_scalar + kept_outputs,
+                   temporaries=recompute + mlp_transient, comm_buffers=comm_persistent + ds_bucket)
     elif n_layers and par.pp > 1:
         _pipeline_fsdp_moments(moment, locals())
     elif n_layers:

@@ -55,6 +55,9 @@ CASES = [
     # FSDP2 inside pipeline stages: unsharded fp32 accumulators across micro-batches
     ("pp2-fsdp2-1f1b-stage0", "tiny-llama", 4, dict(mode="train", precision="bf16-mixed", batch=2, seq=32,
                                                     micro_batches=2), ParallelConfig(pp=2, dp=2, zero=3), 0.1),
+    # a pipeline's last micro-batch: every earlier micro-batch's gradients, one micro-batch's activations
+    ("pp2-1f1b-last-micro-batch", "tiny-llama", 2, dict(mode="train", precision="32-true", batch=2, seq=32,
+                                                        micro_batches=2), ParallelConfig(pp=2), 1.0),
     ("lora-fsdp-bf16mixed", "tiny-llama", 2, dict(mode="lora", precision="bf16-mixed", batch=2, seq=128),
      ParallelConfig(dp=2, zero=3), 0.0),
 ]

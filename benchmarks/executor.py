@@ -214,7 +214,7 @@ def write(results: list[dict], out: Path, command: str, wall: float, steps: int)
               "- DeepSpeed ZeRO-2 (DeepSpeed's defaults): the first backward allocates the gradient reduce bucket "
               "at the full `reduce_bucket_size` (5e8 elements, 2,000,000,000 B in fp32), whatever the model size "
               "(the pages are never touched on CPU, so RSS does not show it; `max_memory_allocated` on a GPU "
-              "would). The cost model caps the bucket at the parameter count. No referee for DeepSpeed.",
+              "would). The cost model counts it from the first gradient hook to the end of the backward. No referee for DeepSpeed.",
               "- Prediction misses of the torch strategies are the cost model's; the category differences above "
               "say where (categories are each side's snapshot at its own peak moment)."]
     failed = [c for c in results if c["error"]]

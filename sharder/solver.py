@@ -394,7 +394,11 @@ def helpful_knobs(model: ModelSpec, w: Workload, cluster: ClusterSpec, opts: Sol
         tries.append(("activation checkpointing (--ac full)", w,
                       replace(opts, pinned_workload={**opts.pinned_workload, "ac": "full"})))
     if w.mode in ("train", "finetune"):
-        tries.append(("LoRA (--mode lora)", replace(w, mode="lora"), opts))
+        if w.precision == "bf16-mixed":  # a LoRA base is usually loaded in bf16: adapters only keep fp32
+            tries.append(("LoRA (--mode lora --precision bf16-true)", replace(w, mode="lora", precision="bf16-true"),
+                          opts))
+        else:
+            tries.append(("LoRA (--mode lora)", replace(w, mode="lora"), opts))
         tries.append(("QLoRA (--mode qlora)", replace(w, mode="qlora", quant="nf4"), opts))
     if w.mode == "inference" and w.quant == "none":
         tries.append(("8-bit weights (--quant int8)", replace(w, quant="int8"), opts))

@@ -137,7 +137,8 @@ def test_helpful_knobs_name_what_fits():
     knobs = helpful_knobs(load_model("llama-70b"), Workload(), parse_gpus("A100-80"), SolveOptions())
     assert knobs[:2] == ["8-bit weights (--quant int8)", "4-bit weights (--quant nf4)"]
     knobs = helpful_knobs(load_model("llama-2-7b"), Workload(**TRAIN), parse_gpus("RTX4090"), SolveOptions())
-    assert "LoRA (--mode lora)" in knobs and "activation checkpointing (--ac full)" not in knobs
+    assert any(k.startswith("LoRA (--mode lora") for k in knobs), knobs
+    assert "activation checkpointing (--ac full)" not in knobs
 
 
 def test_candidate_space_constraints():

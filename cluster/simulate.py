@@ -211,8 +211,6 @@ def check_supported(model: ModelSpec, workload: Workload, parallel: ParallelConf
         raise SimulationUnsupported(f"--kv-dtype {workload.kv_dtype}: a quantized KV cache is not simulated")
     if workload.adapters and parallel.tp > 1:
         raise SimulationUnsupported("LoRA with --tp > 1 is not simulated")
-    if workload.mode == "inference" and parallel.pp > 1:
-        raise SimulationUnsupported("inference with --pp > 1 is not simulated")
     if parallel.pp > 1 and workload.training:
         if parallel.zero in (0, 1) and parallel.dp > 1:
             raise SimulationUnsupported("--pp with DDP/ZeRO-1 data parallel is not simulated; use --zero 2 or 3")

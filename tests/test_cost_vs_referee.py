@@ -58,6 +58,9 @@ CASES = [
     # a pipeline's last micro-batch: every earlier micro-batch's gradients, one micro-batch's activations
     ("pp2-1f1b-last-micro-batch", "tiny-llama", 2, dict(mode="train", precision="32-true", batch=2, seq=32,
                                                         micro_batches=2), ParallelConfig(pp=2), 1.0),
+    # pipeline-parallel inference: one request through the stages, each stage with its own cache
+    ("pp2-inference-stage0", "tiny-llama", 4, dict(mode="inference", precision="bf16-true", batch=2, seq=32,
+                                                   max_new_tokens=8), ParallelConfig(pp=2), 2.0),
     ("lora-fsdp-bf16mixed", "tiny-llama", 2, dict(mode="lora", precision="bf16-mixed", batch=2, seq=128),
      ParallelConfig(dp=2, zero=3), 0.0),
 ]

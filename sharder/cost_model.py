@@ -140,7 +140,9 @@ def _training_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: i
         mine = zero_redundancy.partition_params(numels, shard)[shard_index]
         optimizer = sum(state_mult * numels[i] * pbytes + step_scalar for i in mine)
     else:
-        optimizer = sum(state_mult * owned_numel(t) * pbytes + step_scalar for t in all_trainable)
+        # every layer is alike: one layer's sum times the layer count
+        per_tensor = lambda ts: sum(state_mult * owned_numel(t) * pbytes + step_scalar for t in ts)  # noqa: E731
+        optimizer = per_tensor(edge_first) + n_layers * per_tensor(trainable_layer) + per_tensor(edge_last)
 
     grad_bytes = 4 if mixed_fsdp else pbytes
     if fsdp_on:
@@ -274,11 +276,10 @@ def _training_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: i
 
     moments: list = []
 
-    def moment(name, **cats):
-        m = empty_breakdown() | base
-        for k, v in cats.items():
-            m[k] += int(v)
-        moments.append((name, m))
+    base_total = sum(base.values())
+
+    def moment(name, **cats):  # the breakdown is built for the winner only (the solver calls this a lot)
+        moments.append((base_total + sum(int(v) for v in cats.values()), name, cats))
 
     # the loss forward: logits (and their fp32 copy) next to the saved log-softmax and the shifted labels
     if last:
@@ -408,7 +409,8 @@ def _training_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: i
                comm_buffers=comm_persistent + ds_bucket)
     # the optimizer step: non-foreach AdamW keeps two temporaries of the current tensor and the
     # previous tensor's denominator
-    sizes = [owned_numel(t) for t in all_trainable]  # DTensor ops run on the local shards
+    # DTensor ops run on the local shards; the layers repeat, so two of them stand for all in the max below
+    sizes = [owned_numel(t) for t in edge_first + trainable_layer * min(n_layers, 2) + edge_last]
     if w.optimizer == "adamw" and sizes:
         step_temp = max(2 * n + (sizes[i - 1] if i else 0) for i, n in enumerate(sizes)) * pbytes
     else:
@@ -422,7 +424,10 @@ def _training_memory(model: ModelSpec, w: Workload, par: ParallelConfig, pp_i: i
     else:
         moment("optimizer step", gradients=grads, temporaries=step_temp, comm_buffers=comm_persistent,
                activations=kept_outputs + (4 if last else 0))
-    phase, peak = max(moments, key=lambda pm: sum(pm[1].values()))
+    _, phase, cats = max(moments, key=lambda m: m[0])
+    peak = empty_breakdown() | base
+    for k, v in cats.items():
+        peak[k] += int(v)
     if fsdp_on and shard == 1:
         notes.append("FSDP over one rank shards nothing")
     return {k: int(v) for k, v in peak.items()}, phase, host, tuple(notes)

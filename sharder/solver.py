@@ -13,12 +13,15 @@ Search, best first (branch and bound):
 3. A candidate is solved exactly: its layer split by dynamic programming over contiguous layer
    ranges (`best_split`), its per-stage memory from the cost model (cached per stage class and layer
    count), then every rank with `cost_model.estimate`. It stops once the next bound is worse than the
-   `top`-th plan found, so the answer equals an exhaustive search under the same models.
+   `top`-th plan found, so the answer equals an exhaustive search under the same models. Every rank
+   of a plan is checked only when a decision needs it (`_Found`): the decisions, hence the plans,
+   are those of checking each on arrival.
 Ranking: tokens/s (step time in whole picoseconds), ties broken by the worst rank's memory use.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from dataclasses import dataclass, replace
 
@@ -63,16 +66,20 @@ class _Search:
         self.caps: dict[tuple, list] = {}
         self.memories: dict[tuple, StageMemory] = {}
         self.fits_cache: dict[tuple, bool] = {}
+        self.step_models: dict[tuple, StepModel] = {}  # a StepModel is pure: one per candidate
 
     def degrees(self, par: ParallelConfig) -> tuple:
         return (par.tp, par.pp, par.dp, par.dp_replicate, par.ep)
 
     def step_model(self, work: Workload, par: ParallelConfig) -> StepModel:
-        key = self.degrees(par)
-        layout = self.layouts.get(key)
-        if layout is None:
-            layout = self.layouts[key] = pool_layout(self.cluster, par, self.devices)
-        return StepModel(self.model, work, par, self.cluster, layout)
+        sm = self.step_models.get((work, par))
+        if sm is None:
+            key = self.degrees(par)
+            layout = self.layouts.get(key)
+            if layout is None:
+                layout = self.layouts[key] = pool_layout(self.cluster, par, self.devices)
+            sm = self.step_models[(work, par)] = StepModel(self.model, work, par, self.cluster, layout)
+        return sm
 
     def memory(self, work: Workload, par: ParallelConfig) -> StageMemory:
         par = replace(par, split=None)
@@ -97,28 +104,48 @@ class _Search:
         return self.fits_cache[key]
 
     def _some_split_fits(self, work: Workload, par: ParallelConfig) -> bool:
-        """The quick split (smallest bottleneck time) first; where a stage overflows there, search the
-        caps, stopping as soon as they can hold the model or cannot."""
+        """Whether the stages' caps can hold the model (memory grows with a stage's layer count, so
+        that is whether some split fits): the edge stages must hold one layer; then a few stages are
+        measured at the quick split (smallest bottleneck time) and the caps are searched with probes
+        placed by those lines, stopping as soon as they can hold the model or cannot. Alternating
+        sliding-window models measure every stage at the quick split first."""
         sm = self.step_model(work, par)
         mem = self.memory(work, par)
         L, P = self.model.num_layers, par.pp
         A = [sm.layer_quanta(s) for s in range(P)]
         E = [sm.edge_quanta(s) for s in range(P)]
         most = mem.floor_caps(L - P + 1)
-        quick = threshold_split(P, L, lambda s, n: A[s] * n + E[s], most, 1, lambda s, n: 0)
+        quick = threshold_split(P, L, lambda s, n: A[s] * n + E[s], most, 1, lambda s, n: 0, A, E)
         if quick is None:
             return False
+        # [Constraint] every stage holds a layer: the last stage (head, logits, loss) and the first
+        # (embedding, most micro-batches in flight) are the likeliest to overflow with one alone
+        if not (mem.holds(P - 1, 1) and mem.holds(0, 1)):
+            return False
         counts = quick[0]
-        starts = [sum(counts[:s]) for s in range(P)]
-        over = [s for s in range(P) if mem.ratio(s, starts[s], counts[s]) > 1.0]
-        if not over:
-            return True
-        lo = [0 if s in over else counts[s] for s in range(P)]
-        hi = [counts[s] if s in over else most[s] + 1 for s in range(P)]
-        return caps_search(mem, L, lo, hi, first=over, enough=True) is not None
+        if mem.phased:
+            starts = [sum(counts[:s]) for s in range(P)]
+            over = [s for s in range(P) if mem.ratio(s, starts[s], counts[s]) > 1.0]
+            if not over:
+                return True
+            lo = [0 if s in over else counts[s] for s in range(P)]
+            hi = [counts[s] if s in over else most[s] + 1 for s in range(P)]
+            first = sorted(over, key=lambda s: counts[s])  # the fewest layers overflowing first
+            return caps_search(mem, L, lo, hi, first=first, enough=True, predict=True) is not None
+        lo, hi = [0] * P, [m + 1 for m in most]
+        lo[0] = lo[P - 1] = 1
+        for s in sorted({0, P // 2, P - 1}):  # lines to predict the others' caps from
+            if counts[s] > 1:
+                if mem.holds(s, counts[s]):
+                    lo[s] = counts[s]
+                else:
+                    hi[s] = counts[s]
+        return caps_search(mem, L, lo, hi, enough=True, predict=True) is not None
 
     def solve_candidate(self, work: Workload, par: ParallelConfig, sm: StepModel):
         """(par with its split, step quanta) or None when it does not fit its representative ranks."""
+        if self.fits_cache.get((work, par)) is False:
+            return None  # checked already (as a twin): no split fits
         L = self.model.num_layers
         mem = self.memory(work, par)
         if par.split is not None or par.pp == 1:
@@ -184,12 +211,12 @@ def solve(model: ModelSpec, w: Workload, cluster: ClusterSpec, opts: SolveOption
     heapq.heapify(heap)
     leaner = _leaner_twins(space, families)
     refined: set[int] = set()
-    found: list[tuple] = []  # (quanta, worst ratio, index, work, par, ranks, step model), best first
+    found = _Found(search, top)
     evaluated = 0
     while heap:
         bound, i, sm = heapq.heappop(heap)
         # [Constraint] stop once no remaining candidate can enter the top list
-        if len(found) >= top and bound > found[top - 1][0]:
+        if found.beyond(bound):
             break
         work, par = space[i]
         if sm is None:  # a family member: its own bound first
@@ -216,18 +243,70 @@ def solve(model: ModelSpec, w: Workload, cluster: ClusterSpec, opts: SolveOption
         if solved is None:
             continue
         par, quanta = solved
-        if len(found) >= top and quanta > found[top - 1][0]:
-            continue
-        checked = search.verify(work, par)
-        if checked is None:
-            continue
-        ranks, ratio = checked
-        found.append((quanta, ratio, i, work, par, ranks, sm))
-        found.sort(key=lambda f: f[:3])
-        del found[top:]
-    plans = [search.plan(work, par, ranks, sm) for _, _, _, work, par, ranks, sm in found]
+        found.add(quanta, i, work, par, sm)
+    plans = [search.plan(work, par, ranks, sm) for _, _, _, work, par, ranks, sm in found.best()]
     closest = None if plans else _closest(search, space)
     return SolveResult(plans=plans, considered=len(space), closest=closest, evaluated=evaluated)
+
+
+class _Found:
+    """The plans found so far, with every rank checked (`verify`) only when a decision needs it.
+
+    A solved candidate joins unchecked. The search asks one question of the list: whether a bound is
+    beyond the `top`-th plan's step time (`beyond`), checking every plan as it was found: counting
+    unchecked plans as passing gives a time no later than that, so a "no" holds whatever the checks
+    say, and only a "yes" checks the fastest unchecked plans first. A plan slower than the `top`-th
+    when it was found could not have entered the list then, nor later (that time only falls), so
+    keeping it changes nothing. Hence the same decisions and the same plans as checking each plan on
+    arrival, while plans pushed out of the top before a decision needed them are never checked."""
+
+    def __init__(self, search: _Search, top: int):
+        self.search, self.top = search, top
+        # [quanta, worst ratio, index, work, par, ranks, step model], fastest first (then by index);
+        # ranks (and ratio) None: unchecked
+        self.entries: list[list] = []
+
+    def _threshold(self) -> int | None:
+        return self.entries[self.top - 1][0] if len(self.entries) >= self.top else None
+
+    def _settle(self, upto: int | None = None) -> None:
+        """Check plans, fastest first, until the `top` fastest are checked and pass; with `upto`, also
+        every plan as fast as that."""
+        k = 0
+        while k < len(self.entries):
+            e = self.entries[k]
+            if k >= self.top and (upto is None or e[0] > upto):
+                return
+            if e[5] is not None:
+                k += 1
+                continue
+            checked = self.search.verify(e[3], e[4])
+            if checked is None:  # a rank or a host overflows: as if it had never been found
+                del self.entries[k]
+            else:
+                e[5], e[1] = checked
+                k += 1
+
+    def beyond(self, bound: int) -> bool:
+        """Whether no plan this slow can enter the top list (exactly as if every plan were checked)."""
+        t = self._threshold()
+        if t is None or bound <= t:
+            return False
+        self._settle()
+        t = self._threshold()
+        return t is not None and bound > t
+
+    def add(self, quanta: int, i: int, work, par, sm) -> None:
+        bisect.insort(self.entries, [quanta, None, i, work, par, None, sm], key=lambda e: (e[0], e[2]))
+
+    def best(self) -> list[tuple]:
+        self._settle()
+        t = self._threshold()
+        if t is not None:
+            self._settle(upto=t)  # ties with the top-th plan are ordered by their worst rank
+        done = sorted((tuple(e) for e in self.entries if e[5] is not None and (t is None or e[0] <= t)),
+                      key=lambda f: f[:3])
+        return done[:self.top]
 
 
 def _no_candidate_message(model: ModelSpec, cluster: ClusterSpec, opts: SolveOptions) -> str:

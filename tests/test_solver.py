@@ -168,3 +168,126 @@ def test_largest_batch_is_the_edge_of_fitting():
     assert solve(m, Workload(seq=2048, max_new_tokens=2048, batch=most), pool, SolveOptions(top=1)).plans
     assert not solve(m, Workload(seq=2048, max_new_tokens=2048, batch=most + 1), pool, SolveOptions(top=1)).plans
     assert largest_batch(m, w, parse_gpus("A100-80"), SolveOptions()) == 0
+
+
+# ------------------------------------------------------------------- the solver's fast paths (exact)
+def _small_instances(seed: int, count: int):
+    import random
+
+    rng = random.Random(seed)
+    for _ in range(count):
+        P = rng.randint(2, 5)
+        L = rng.randint(P, 14)
+        A = [rng.choice([1, 2, 3]) for _ in range(P)]  # few values: many ties in time
+        E = [rng.choice([0, 1, 4]) for _ in range(P)]
+        xs = {(s, n): rng.choice([0, 0, 1, 2]) for s in range(P) for n in range(1, L + 1)}
+        caps = [rng.randint(1, L) for _ in range(P)]
+        caps[0] += max(0, L - sum(caps))
+        base = [rng.choice([0.2, 0.3]) for _ in range(P)]
+        slope = [rng.choice([0.05, 0.1]) for _ in range(P)]
+        yield P, L, A, E, xs, caps, rng.randint(1, 6), base, slope
+
+
+class _LinearMemory:
+    """Memory ratio base + slope·n (rounded, so splits tie in memory too)."""
+
+    phased = False
+
+    def __init__(self, base, slope):
+        self.base, self.slope = base, slope
+
+    def ratio(self, s, b, n):
+        return round(self.base[s] + self.slope[s] * n, 2)
+
+
+def test_pareto_dp_is_the_fastest_split_then_the_leanest():
+    """The DP's bounds drop only states that cannot finish within f_ub: against every composition."""
+    from sharder.layer_split import _pareto_dp, compositions
+
+    for P, L, A, E, xs, caps, M, base, slope in _small_instances(7, 120):
+        def t(s, n):
+            return A[s] * n + E[s]
+
+        def x(s, n):
+            return xs[(s, n)]
+
+        mem = _LinearMemory(base, slope)
+        every = []
+        for counts in compositions(L, P):
+            if any(n > c for n, c in zip(counts, caps)):
+                continue
+            times = [t(s, n) for s, n in enumerate(counts)]
+            quanta = sum(times) + (M - 1) * max(times) + max(x(s, n) for s, n in enumerate(counts))
+            ratio = max(mem.ratio(s, 0, n) for s, n in enumerate(counts))
+            if ratio <= 1.0:
+                every.append((quanta, ratio))
+        for f_ub in (None, min(every)[0] if every else None):
+            got = _pareto_dp(P, L, t, x, M, A, caps, f_ub, mem)
+            if not every:
+                assert got is None
+                continue
+            counts, quanta, ratio = got
+            assert (quanta, ratio) == min(every)
+            assert sum(counts) == L and all(1 <= n <= c for n, c in zip(counts, caps))
+
+
+def test_threshold_split_closed_form_equals_the_generic_search():
+    from sharder.layer_split import threshold_split
+
+    for P, L, A, E, xs, caps, M, _, _ in _small_instances(11, 300):
+        caps = [c if (s + L) % 5 else 0 for s, c in enumerate(caps)]  # some stages hold nothing
+
+        def t(s, n):
+            return A[s] * n + E[s]
+
+        def x(s, n):
+            return xs[(s, n)]
+
+        assert threshold_split(P, L, t, caps, M, x, A, E) == threshold_split(P, L, t, caps, M, x)
+
+
+def test_plans_are_checked_lazily_but_chosen_as_if_checked_on_arrival():
+    """`_Found` checks a plan's ranks only when a stop decision needs it: same decisions, same plans."""
+    import random
+
+    from sharder.solver import _Found
+
+    class Search:
+        def __init__(self, fails):
+            self.fails, self.checked = fails, []
+
+        def verify(self, work, par):
+            self.checked.append(par)
+            return None if par in self.fails else (f"ranks {par}", (par * 37 % 11) / 10)
+
+    rng = random.Random(3)
+    saved = 0
+    for _ in range(300):
+        top = rng.randint(1, 4)
+        events = [(rng.choice(["bound", "plan"]), rng.randint(0, 30)) for _ in range(rng.randint(1, 25))]
+        fails = {i for i in range(len(events)) if rng.random() < 0.3}
+        # eager reference: the solver as it was, checking every plan that may enter on arrival
+        eager, eager_answers, eager_checks = [], [], 0
+        for i, (kind, q) in enumerate(events):
+            beyond = len(eager) >= top and q > eager[top - 1][0]
+            if kind == "bound":
+                eager_answers.append(beyond)
+            elif not beyond:
+                eager_checks += 1
+                if i not in fails:
+                    eager.append((q, (i * 37 % 11) / 10, i, None, i, f"ranks {i}", None))
+                    eager.sort(key=lambda f: f[:3])
+                    del eager[top:]
+        search = Search(fails)
+        found = _Found(search, top)
+        answers = []
+        for i, (kind, q) in enumerate(events):
+            if kind == "bound":
+                answers.append(found.beyond(q))
+            else:
+                found.add(q, i, None, i, None)
+        assert answers == eager_answers
+        assert found.best() == eager
+        assert len(search.checked) == len(set(search.checked))
+        saved += eager_checks - len(search.checked)
+    assert saved > 0

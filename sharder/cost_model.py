@@ -460,6 +460,11 @@ def _pipeline_fsdp_moments(moment, v: dict) -> None:
     norm_w = v["model"].hidden_size * v["unshard_bytes"]
     tokens = v["tokens"]
     inflight = pipeline.in_flight_micro_batches(par.schedule, m, par.pp, pp_i)
+    # only the largest of these candidates is passed on (the first on ties, as the caller's max would)
+    act_fixed = v["rotary"] + v["loss_scalar"] + v["kept_outputs"]
+    temp_fixed = (v["head_grads"] if last else 0) + v["layer_grad_unsharded"] + (0 if last else v["hidden_grad"])
+    ends_bytes = [(int(a * tokens), int(t * tokens) - (norm_w if i == 0 else 0)) for i, (a, t) in enumerate(ends)]
+    best = None
     for j in sorted({0, min(1, m - 1), m - 1}):
         forwards_done = m if par.schedule == "gpipe" else min(m, j + inflight)
         others = forwards_done - j - 1
@@ -470,13 +475,14 @@ def _pipeline_fsdp_moments(moment, v: dict) -> None:
                 params = (n - k) * v["layer_unsharded"] + (v["layer_ag"] if k > 0 else 0)
             else:
                 params = all_unsharded
-            for i, (end_act, end_temp) in enumerate(ends):
-                moment(f"backward (layer {k_first + k} end, micro-batch {j + 1} of {m})",
-                       activations=others * v["acts_mb"] + k * v["saved_layer"] + int(end_act * tokens)
-                       + v["rotary"] + v["loss_scalar"] + v["kept_outputs"],
-                       temporaries=acc + (v["head_grads"] if last else 0) + v["layer_grad_unsharded"]
-                       - (norm_w if i == 0 else 0) + int(end_temp * tokens) + (0 if last else v["hidden_grad"]),
-                       comm_buffers=base_comm + params)
+            for end_act, end_temp in ends_bytes:
+                cats = (others * v["acts_mb"] + k * v["saved_layer"] + end_act + act_fixed,
+                        acc + temp_fixed + end_temp, base_comm + params)
+                if best is None or sum(cats) > best[0]:
+                    best = (sum(cats), j, k, cats)
+    _, j, k, (a, t, cb) = best
+    moment(f"backward (layer {k_first + k} end, micro-batch {j + 1} of {m})", activations=a, temporaries=t,
+           comm_buffers=cb)
     # REDUCE_GRAD: the first group reduce-scatters while every accumulator is alive
     moment("pipeline reduce-scatter (FSDP)", gradients=v["grad_layer"], temporaries=acc_all if m > 1 else
            n * v["layer_grad_unsharded"] + (v["head_grads"] if last else 0) + (v["embed_grads"] if first else 0),

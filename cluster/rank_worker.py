@@ -370,7 +370,7 @@ def _finish(meter: Meter, timing: dict, layers, tokens: int, notes: list[str]) -
 
 def _training(spec, workload, parallel, rank, dev, steps, inject, report) -> dict:
     from .sim_train import train_step
-    from .sim_tracker import SimFSDPMemTracker, SimMemTracker, SimRefType
+    from .sim_tracker import training_tracker
 
     report("build")
     notes: list[str] = []
@@ -390,17 +390,7 @@ def _training(spec, workload, parallel, rank, dev, steps, inject, report) -> dic
     torch.manual_seed(1234 + parallel.coords(rank)[1])
     ids = torch.randint(spec.vocab_size, (workload.batch, workload.seq), device=tdev)
 
-    def make_tracker():
-        if fsdp:
-            tracker = SimFSDPMemTracker(model, optimizer)
-            tracker.track_inputs((ids,))
-        else:
-            tracker = SimMemTracker()
-            tracker.track_external(model, optimizer)
-            tracker.track_as(SimRefType.INP, ids)
-        return tracker
-
-    meter = Meter(dev, make_tracker)
+    meter = Meter(dev, lambda: training_tracker(model, optimizer, ids, fsdp))
     last = {}
 
     def step():
@@ -512,7 +502,7 @@ def _pipeline(spec, workload, parallel, rank, dev, steps, inject, report) -> dic
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
     from .sim_train import forward_context, loss_context, model_kwargs
-    from .sim_tracker import SimFSDPMemTracker, SimMemTracker, SimRefType
+    from .sim_tracker import training_tracker
 
     report("build")
     notes: list[str] = []
@@ -564,15 +554,7 @@ def _pipeline(spec, workload, parallel, rank, dev, steps, inject, report) -> dic
     _tag_buffers(stage, tracker_box)
 
     def make_tracker():
-        if fsdp:
-            tracker = SimFSDPMemTracker(module, optimizer)
-            if ids is not None:
-                tracker.track_inputs((ids,))
-        else:
-            tracker = SimMemTracker()
-            tracker.track_external(module, optimizer)
-            if ids is not None:
-                tracker.track_as(SimRefType.INP, ids)
+        tracker = training_tracker(module, optimizer, ids, fsdp)
         tracker_box["t"] = tracker
         return tracker
 

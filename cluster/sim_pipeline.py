@@ -22,7 +22,7 @@ from sharder.parallel import ParallelConfig
 from sharder.workload import Workload
 
 from . import build
-from .sim_tracker import SimFSDPMemTracker, SimMemTracker, SimRefType
+from .sim_tracker import SimRefType, training_tracker
 from .sim_train import forward_context, hidden_dtype, loss_context, model_kwargs, prepare_model, uses_fsdp
 
 
@@ -107,13 +107,7 @@ def run_pipeline(spec: ModelSpec, workload: Workload, parallel: ParallelConfig, 
         _static_warmup(schedule)
         optimizer = build.make_optimizer(module, workload)
         fsdp = uses_fsdp(parallel)
-        if fsdp:
-            tracker = SimFSDPMemTracker(module, optimizer)
-            tracker.track_inputs((ids,))
-        else:
-            tracker = SimMemTracker()
-            tracker.track_external(module, optimizer)
-            tracker.track_as(SimRefType.INP, ids)
+        tracker = training_tracker(module, optimizer, ids, fsdp)
         _tag_buffers(stage, tracker)
         warmup = 0
         for iteration in range(2):

@@ -195,6 +195,22 @@ class SimFSDPMemTracker(_SimMixin, FSDPMemTracker):
         return wrapped
 
 
+def training_tracker(model, optimizer, ids, fsdp: bool):
+    """The tracker a training step is measured with: FSDP2's own (it knows sharded/unsharded parameters and
+    its collectives' buffers) when the model is fully_shard-ed, else the plain one; `ids` (None on a middle
+    pipeline stage) count as inputs."""
+    if fsdp:
+        tracker = SimFSDPMemTracker(model, optimizer)
+        if ids is not None:
+            tracker.track_inputs((ids,))
+    else:
+        tracker = SimMemTracker()
+        tracker.track_external(model, optimizer)
+        if ids is not None:
+            tracker.track_as(SimRefType.INP, ids)
+    return tracker
+
+
 def to_sharder_categories(raw: dict[str, int]) -> dict[str, int]:
     """Map raw tracker categories onto sharder's eight; unknown names land in `other`."""
     out = dict.fromkeys(SHARDER_CATEGORIES, 0)

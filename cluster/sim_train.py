@@ -12,7 +12,7 @@ from sharder.parallel import ParallelConfig
 from sharder.workload import Workload
 
 from . import build
-from .sim_tracker import SimFSDPMemTracker, SimMemTracker, SimRefType
+from .sim_tracker import SimRefType, training_tracker
 
 
 def uses_fsdp(parallel: ParallelConfig) -> bool:
@@ -117,13 +117,7 @@ def run_training(spec: ModelSpec, workload: Workload, parallel: ParallelConfig, 
             notes.append("ZeRO-1: ZeroRedundancyOptimizer over the dp group")
         optimizer = build.make_optimizer(model, workload, zero1_group=zero1)
         ids = torch.randint(spec.vocab_size, (workload.batch, workload.seq))
-        if fsdp:
-            tracker = SimFSDPMemTracker(model, optimizer)
-            tracker.track_inputs((ids,))
-        else:
-            tracker = SimMemTracker()
-            tracker.track_external(model, optimizer)
-            tracker.track_as(SimRefType.INP, ids)
+        tracker = training_tracker(model, optimizer, ids, fsdp)
         if ddp:
             _tag_ddp_buckets(model, tracker)
         warmup = 0

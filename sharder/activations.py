@@ -70,10 +70,12 @@ def mlp_readers(m: ModelSpec) -> int:
     return 2 if (m.mlp_gated and not m.fused_gate_up and not m.is_moe) else 1
 
 
-ATTENTION_INPUTS = {"q_proj", "k_proj", "v_proj", "qkv_proj", "query_key_value", "W_pack", "c_attn"}
-ATTENTION_OUTPUTS = {"o_proj", "dense", "out_proj", "c_proj"}
-MLP_INPUTS = {"gate_proj", "up_proj", "gate_up_proj", "dense_h_to_4h", "fc1", "w1", "w3", "c_fc"}
-MLP_OUTPUTS = {"down_proj", "dense_4h_to_h", "fc2", "w2"}
+# the layer's Linears by role, under sharder.param_layout's names (a fused qkv is qkv_proj, a fused gate/up
+# gate_up_proj, whatever transformers calls them)
+ATTENTION_INPUTS = {"q_proj", "k_proj", "v_proj", "qkv_proj"}
+ATTENTION_OUTPUTS = {"o_proj"}
+MLP_INPUTS = {"gate_proj", "up_proj", "gate_up_proj"}
+MLP_OUTPUTS = {"down_proj"}
 
 
 def frozen_base_unsaved(m: ModelSpec, s: Shape, c: int, targets) -> float:
@@ -181,8 +183,7 @@ def _attention_saved(m: ModelSpec, s: Shape, c: int, attention: str, seq: int) -
     heads_kv = s.kv // max(1, m.head_dim)
     qk_norm = 0.0
     if m.qk_norm == "head":  # Qwen3: RMSNorm over head_dim of q and k
-        qk_norm = (FP32 + c) * (s.q + s.kv) + FP32 * (s.heads + heads_kv) if c != FP32 else \
-            (FP32 + c) * (s.q + s.kv) + FP32 * (s.heads + heads_kv)
+        qk_norm = (FP32 + c) * (s.q + s.kv) + FP32 * (s.heads + heads_kv)
     copy_out = 0
     if m.model_type == "falcon":
         qkv = c * 3 * s.q

@@ -220,16 +220,11 @@ def _warnings(model, workload, par, cluster) -> list[str]:
 
 # ---------------------------------------------------------------------------------------- commands
 def cmd_estimate(args, console) -> int:
-    from sharder.cost_model import estimate
-    from sharder.plan_file import Plan
-    from sharder.step_time import step_time
+    from sharder.plan_file import estimate_plan
 
     model, workload, par, cluster, headroom = _inputs(args)
-    ranks = estimate(model, workload, par, cluster, headroom)
-    seconds, tps, parts = step_time(model, workload, par, cluster)
-    plan = Plan(model=model, workload=workload, parallel=par, cluster=cluster, ranks=ranks, headroom=headroom,
-                step_time_s=seconds, tokens_per_s=tps, step_time_parts_s=parts,
-                global_batch=workload.batch * par.dp if workload.training else None)
+    plan = estimate_plan(model, workload, par, cluster, headroom)
+    ranks = plan.ranks
     warnings = _warnings(model, workload, par, cluster)
     if args.json:
         out = plan.to_dict()
@@ -254,7 +249,7 @@ def _header(model, workload, cluster) -> str:
 
 def cmd_plan(args, console) -> int:
     from sharder.plan_file import write_plan
-    from sharder.solver import SolveOptions, fewest_gpus, helpful_knobs, solve
+    from sharder.solver import SolveOptions, solve
 
     model = _model(args)
     cluster = _cluster(args)

@@ -562,7 +562,12 @@ def threshold_split(P, L, t, caps, M, x, A=None, E=None):
             hi = mid
         else:
             lo = mid + 1
-    r = room(values[lo])
+    return _fill_rooms(P, L, t, x, M, room(values[lo]))
+
+
+def _fill_rooms(P, L, t, x, M, r):
+    """One layer per stage, the rest handed out cheapest layer first up to each stage's room `r[s]`;
+    returns (counts, step time) of that split."""
     counts = [1] * P
     left = L - P
     for s in sorted(range(P), key=lambda s: t(s, 2) - t(s, 1)):  # cheapest layer first
@@ -607,16 +612,7 @@ def _threshold_linear(P, L, t, caps, M, x, A, E):
             hi = mid
         else:
             lo = mid + 1
-    r = room(lo)
-    counts = [1] * P
-    left = L - P
-    for s in sorted(range(P), key=lambda s: t(s, 2) - t(s, 1)):  # cheapest layer first
-        take = min(left, r[s] - 1)
-        counts[s] += take
-        left -= take
-    times = [t(s, counts[s]) for s in range(P)]
-    extras = [x(s, counts[s]) for s in range(P)]
-    return counts, sum(times) + (M - 1) * max(times) + max(extras)
+    return _fill_rooms(P, L, t, x, M, room(lo))
 
 
 def compositions(total: int, parts: int):

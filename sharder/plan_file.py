@@ -60,6 +60,19 @@ class Plan:
         }
 
 
+def estimate_plan(model: ModelSpec, workload: Workload, parallel: ParallelConfig, cluster: ClusterSpec,
+                  headroom: float) -> Plan:
+    """The plan for exactly these inputs: every rank from the cost model, the step time from its model."""
+    from sharder.cost_model import estimate
+    from sharder.step_time import step_time
+
+    ranks = estimate(model, workload, parallel, cluster, headroom)
+    seconds, tps, parts = step_time(model, workload, parallel, cluster)
+    return Plan(model=model, workload=workload, parallel=parallel, cluster=cluster, ranks=ranks, headroom=headroom,
+                step_time_s=seconds, tokens_per_s=tps, step_time_parts_s=parts,
+                global_batch=workload.batch * parallel.dp if workload.training else None)
+
+
 def versions() -> dict[str, str | None]:
     """sharder, torch and transformers versions, read from package metadata (no imports)."""
     out = {"sharder": __version__}

@@ -9,20 +9,6 @@ import json
 from sharder.errors import DoesNotFitError, SharderInputError
 
 
-def build_plan_dict(model, workload, par, cluster, headroom: float) -> dict:
-    """The plan JSON `sharder plan -o` would write for exactly these inputs."""
-    from sharder.cost_model import estimate
-    from sharder.plan_file import Plan
-    from sharder.step_time import step_time
-
-    ranks = estimate(model, workload, par, cluster, headroom)
-    seconds, tps, parts = step_time(model, workload, par, cluster)
-    plan = Plan(model=model, workload=workload, parallel=par, cluster=cluster, ranks=ranks, headroom=headroom,
-                step_time_s=seconds, tokens_per_s=tps, step_time_parts_s=parts,
-                global_batch=workload.batch * par.dp if workload.training else None)
-    return plan.to_dict()
-
-
 def run_command(model, workload, par, cluster, headroom: float, *, address: str | None, steps: int,
                 timeout_s: float, tolerance: float, as_json: bool, console) -> int:
     if tolerance < 0:
@@ -35,7 +21,9 @@ def run_command(model, workload, par, cluster, headroom: float, *, address: str 
     except ImportError as exc:
         raise SharderInputError(f"`sharder run` needs the run extra ({exc.name} is missing): "
                                 "pip install 'sharder[run]'") from None
-    plan = build_plan_dict(model, workload, par, cluster, headroom)
+    from sharder.plan_file import estimate_plan
+
+    plan = estimate_plan(model, workload, par, cluster, headroom).to_dict()
     if not plan["fits"]:
         worst = max(plan["ranks"], key=lambda r: r["peak_reserved_bytes"] / max(r["capacity_bytes"], 1))
         raise DoesNotFitError(
